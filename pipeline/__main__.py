@@ -1,0 +1,8 @@
+"""``python -m pipeline`` is the same as the ``medseg`` console script."""
+
+import sys
+
+from pipeline.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
