@@ -33,8 +33,10 @@ class Preset:
     factory: Callable[..., nn.Module]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
-    #: default ROI in MONAI (x, y, z) order, when the preset has one
+    #: the preset's input patch in the network's own spatial order (see ``axes``), when it has a fixed one
     roi_size: tuple[int, ...] | None = None
+    #: spatial order the network expects: "xyz" (MONAI/nibabel) or "zyx" (nnU-Net/official UNETR++ layout)
+    axes: str = "xyz"
 
 
 _PRESETS: dict[str, Preset] = {}
@@ -48,9 +50,12 @@ def register_preset(
     *,
     description: str = "",
     roi_size: tuple[int, ...] | None = None,
+    axes: str = "xyz",
 ) -> Preset:
     """Add a preset. Re-registering a name with a different definition is an error."""
-    preset = Preset(name, factory, dict(kwargs or {}), description, roi_size)
+    if axes not in ("xyz", "zyx"):
+        raise ValueError(f"preset {name!r}: axes must be 'xyz' or 'zyx', got {axes!r}")
+    preset = Preset(name, factory, dict(kwargs or {}), description, roi_size, axes)
     old = _PRESETS.get(name)
     if old is not None and (old.factory is not factory or dict(old.kwargs) != dict(preset.kwargs)):
         raise ValueError(f"network preset {name!r} is already registered with a different definition")
