@@ -1,0 +1,266 @@
+#!/usr/bin/env python
+"""Speed and size of the 3D Swin-Unet family against MONAI's SwinUNETR, measured side by side in one run.
+
+Three tables (inference: ``eval()`` + ``torch.inference_mode()``, fp32, CPU unless ``--device``):
+
+1. **Window attention at equal maths.** Our :class:`~pipeline.networks.swin3d.SwinAttention3D` (SDPA, windows folded
+   into the batch, cached bias + mask) against MONAI SwinUNETR's ``WindowAttention`` with the same dim, heads, window
+   and grid, both including the cyclic roll and window partition/reverse (MONAI's ``window_partition``,
+   ``window_reverse``, ``compute_mask``). MONAI's weights are copied into ours and the outputs compared ("max diff").
+2. **Whole network per window.** ``swinunet3d`` against ``SwinUNETR(feature_size=48)`` at a 96^3 ROI.
+3. **Presets.** Parameters, GMACs (``torch.utils.flop_counter`` with the math SDPA backend so the attention matmuls
+   count; 1 MAC = 2 FLOPs) and forward time of every preset at the 96^3 and Synapse-style 128x128x64 (x, y, z) ROIs.
+
+Usage::
+
+    python benchmarks/swin3d_forward.py [--quick] [--repeats 3] [--threads N] [--out FILE]
+
+``--quick`` shrinks everything for a smoke run (64^3 network comparison against ``SwinUNETR(feature_size=12)``,
+32^3 presets, one repeat); its figures are not the published ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.networks import create_network  # noqa: E402
+from pipeline.networks.swin3d import SwinAttention3D  # noqa: E402
+from pipeline.networks.swin3d.presets import BTCV_ROI, SYNAPSE_ROI  # noqa: E402
+
+PRESETS = ("swinunet3d", "swinunet3d_lgt", "swinunet3d_ag", "swinunet3d_pamcam", "swinunet3d_transfuse")
+#: (label, grid, dim, heads, window): stage 0/1 of swinunet3d at 96^3 and 128x128x64, and a MONAI-style 7^3 window
+ATTN_CASES = (
+    ("96^3 stage 0", (24, 24, 24), 48, 3, (4, 4, 4)),
+    ("128x128x64 stage 0", (32, 32, 32), 48, 3, (4, 4, 4)),
+    ("96^3 stage 1", (12, 12, 12), 96, 6, (4, 4, 4)),
+    ("window 7^3", (14, 14, 14), 96, 6, (7, 7, 7)),
+)
+QUICK_ATTN_CASES = (("quick", (8, 8, 8), 24, 3, (4, 4, 4)),)
+
+
+def _time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class _MonaiShiftedWindowAttention(torch.nn.Module):
+    """MONAI SwinUNETR's window attention with the same roll/partition/reverse as its ``SwinTransformerBlock``."""
+
+    def __init__(self, dim: int, heads: int, grid: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> None:
+        super().__init__()
+        from monai.networks.nets.swin_unetr import WindowAttention, compute_mask
+
+        self.attn = WindowAttention(dim, heads, window, qkv_bias=True)
+        self.window, self.shift = tuple(window), tuple(shift)
+        self.register_buffer("mask", compute_mask(list(grid), self.window, self.shift, None) if any(shift) else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from monai.networks.nets.swin_unetr import window_partition, window_reverse
+
+        b, d, h, w, c = x.shape
+        if any(self.shift):
+            x = torch.roll(x, shifts=tuple(-s for s in self.shift), dims=(1, 2, 3))
+        win = self.attn(window_partition(x, self.window), mask=self.mask)
+        x = window_reverse(win.view(-1, *self.window, c), self.window, [b, d, h, w])
+        if any(self.shift):
+            x = torch.roll(x, shifts=self.shift, dims=(1, 2, 3))
+        return x
+
+
+def _ours_from_monai(ref: _MonaiShiftedWindowAttention, dim: int, heads: int, grid, window, shift) -> SwinAttention3D:
+    ours = SwinAttention3D(dim, heads, grid, window, shift)
+    state = {
+        "qkv.weight": ref.attn.qkv.weight,
+        "qkv.bias": ref.attn.qkv.bias,
+        "proj.weight": ref.attn.proj.weight,
+        "proj.bias": ref.attn.proj.bias,
+        "attn.relative_position_bias_table": ref.attn.relative_position_bias_table,
+    }
+    ours.load_state_dict(state)
+    return ours.eval()
+
+
+def bench_attention(cases, repeats: int) -> list[dict]:
+    rows = []
+    for label, grid, dim, heads, window in cases:
+        for kind, shift in (("W-MSA", (0, 0, 0)), ("SW-MSA", tuple(w // 2 for w in window))):
+            torch.manual_seed(0)
+            ref = _MonaiShiftedWindowAttention(dim, heads, grid, window, shift).eval()
+            ours = _ours_from_monai(ref, dim, heads, grid, window, shift)
+            x = torch.randn(1, *grid, dim)
+            with torch.inference_mode():
+                diff = float((ours(x) - ref(x)).abs().max())
+                t_ref = _time(lambda: ref(x), repeats)
+                t_ours = _time(lambda: ours(x), repeats)
+            rows.append(
+                {"case": f"{label} {kind}", "grid": grid, "dim": dim, "heads": heads, "window": window,
+                 "monai_ms": 1e3 * t_ref, "ours_ms": 1e3 * t_ours, "speedup": t_ref / t_ours, "max_diff": diff}
+            )  # fmt: skip
+    return rows
+
+
+def bench_network(roi: Sequence[int], repeats: int, out_channels: int = 14, feature_size: int = 48) -> dict:
+    from monai.networks.nets import SwinUNETR
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, *roi)
+    ours = create_network("swinunet3d", roi_size=tuple(roi), out_channels=out_channels).eval()
+    ref = SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=feature_size).eval()
+    with torch.inference_mode():
+        t_ref = _time(lambda: ref(x), repeats)
+        t_ours = _time(lambda: ours(x), repeats)
+    return {
+        "roi": tuple(roi),
+        "feature_size": feature_size,
+        "monai_s": t_ref,
+        "ours_s": t_ours,
+        "speedup": t_ref / t_ours,
+        "monai_params": sum(p.numel() for p in ref.parameters()) / 1e6,
+        "ours_params": sum(p.numel() for p in ours.parameters()) / 1e6,
+    }
+
+
+def count_gmacs(net: torch.nn.Module, x: torch.Tensor) -> float:
+    """Multiply-accumulates of one forward (GMACs), attention matmuls included (math SDPA backend)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
+        net(x)
+    return counter.get_total_flops() / 2e9
+
+
+def bench_presets(names: Sequence[str], rois: Sequence[Sequence[int]], repeats: int) -> list[dict]:
+    rows = []
+    for name in names:
+        for roi in rois:
+            torch.manual_seed(0)
+            net = create_network(name, roi_size=tuple(roi)).eval()
+            x = torch.randn(1, 1, *roi)
+            with torch.inference_mode():
+                t = _time(lambda: net(x), repeats)
+            rows.append(
+                {"preset": name, "roi": tuple(roi), "params": sum(p.numel() for p in net.parameters()) / 1e6,
+                 "gmacs": count_gmacs(net, x), "seconds": t}
+            )  # fmt: skip
+    return rows
+
+
+def _fmt_t(t: Sequence[int]) -> str:
+    return "x".join(map(str, t))
+
+
+def tables(attn: list[dict], net: dict, presets: list[dict]) -> str:
+    lines = [
+        "**Window attention, ours (SDPA, cached bias+mask) vs MONAI SwinUNETR `WindowAttention`, same weights "
+        "(inference, batch 1)**",
+        "",
+        "| case | grid | dim / heads | window | MONAI ms | ours ms | speed-up | max diff |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in attn:
+        lines.append(
+            f"| {r['case']} | {_fmt_t(r['grid'])} | {r['dim']} / {r['heads']} | {_fmt_t(r['window'])} | "
+            f"{r['monai_ms']:.1f} | {r['ours_ms']:.1f} | {r['speedup']:.2f}x | {r['max_diff']:.1e} |"
+        )
+    lines += [
+        "",
+        f"**Whole network per window: `swinunet3d` vs MONAI `SwinUNETR(feature_size={net['feature_size']})` "
+        "(inference, batch 1, 14 classes)**",
+        "",
+        "| ROI (x,y,z) | SwinUNETR s | swinunet3d s | speed-up | SwinUNETR M params | swinunet3d M params |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| {_fmt_t(net['roi'])} | {net['monai_s']:.2f} | {net['ours_s']:.2f} | {net['speedup']:.1f}x | "
+        f"{net['monai_params']:.2f} | {net['ours_params']:.2f} |",
+        "",
+        "**Presets (14 classes, 1 input channel, embed_dim 48; GMACs with the math SDPA backend)**",
+        "",
+        "| preset | ROI (x,y,z) | M params | GMACs | forward s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in presets:
+        lines.append(
+            f"| `{r['preset']}` | {_fmt_t(r['roi'])} | {r['params']:.2f} | {r['gmacs']:.1f} | {r['seconds']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _environment(threads: int) -> str:
+    import monai
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (
+        f"- CPU: {cpu}, {os.cpu_count()} cores, torch threads {threads} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})\n"
+        f"- torch {torch.__version__}, MONAI {monai.__version__}, Python {platform.python_version()}\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 64^3 vs SwinUNETR(feature_size=12), 32^3 presets, one repeat"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--out", type=Path, help="write a Markdown section to this file (atomically)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 1 if args.quick else args.repeats
+    if args.quick:
+        attn = bench_attention(QUICK_ATTN_CASES, repeats)
+        net = bench_network((64, 64, 64), repeats, feature_size=12)
+        presets = bench_presets(PRESETS[:2], [(32, 32, 32)], repeats)
+    else:
+        attn = bench_attention(ATTN_CASES, repeats)
+        net = bench_network(BTCV_ROI, repeats)
+        presets = bench_presets(PRESETS, [BTCV_ROI, SYNAPSE_ROI], repeats)
+    text = tables(attn, net, presets)
+    print(text)
+    if args.out:
+        from pipeline.utils.atomic import atomic_path
+
+        command = "python benchmarks/swin3d_forward.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        section = (
+            "## 3D Swin-Unet family: speed and size (`benchmarks/swin3d_forward.py`)\n\n"
+            f"- command: `{command.strip()}`\n"
+            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n"
+            f"{_environment(torch.get_num_threads())}"
+            f"- repeats: median of {repeats} (after one warm-up run); the machine is shared, so compare ratios "
+            "measured in the same run\n\n" + text
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
