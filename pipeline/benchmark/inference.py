@@ -1,0 +1,246 @@
+"""Build a bundle's network for ``medseg benchmark`` and run the project's inference on one case at a time, timed.
+
+The bundle's ``configs/inference.json`` gives ``network_def``, ``preprocessing`` (a Compose starting with
+``LoadImaged``) and the ``inferer``'s window settings; they are parsed with MONAI's ``ConfigParser`` (so ``--roi-size``
+rebuilds networks whose size follows the ROI, and untrained smoke runs keep the seeded random initialisation).
+Inference itself is :func:`pipeline.inference.runner.predict_case` (the engine ``medseg infer`` uses: sliding
+window, optional mirroring TTA, inversion to the original grid) and the label map is written with
+:func:`pipeline.inference.runner.save_label_nifti` (atomic). Stages (seconds, per case):
+
+* ``preprocessing``: loading and the bundle's preprocessing;
+* ``network``: time spent inside the network's forward calls (summed over windows; CUDA synchronised);
+* ``stitching``: the rest of the sliding-window call (window extraction, padding, Gaussian blending);
+* ``postprocessing``: softmax, inversion to the original grid, argmax, optional post-processing and the save.
+
+Examples:
+    >>> from pipeline.benchmark.inference import open_model
+    >>> m = open_model("bundles/unetrpp_hippocampus_mri_segmentation", None)  # doctest: +SKIP
+    >>> r = m.predict({"image": "hippocampus_001.nii.gz", "case": "hippocampus_001"}, "preds")  # doctest: +SKIP
+    >>> sorted(r.timings)  # doctest: +SKIP
+    ['network', 'postprocessing', 'preprocessing', 'stitching']
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import InputDataError, ModelError
+from pipeline.utils.atomic import save_json_atomic
+
+INFERENCE_CONFIG = Path("configs") / "inference.json"
+
+
+@dataclass
+class CaseInference:
+    """One case's prediction file and stage timings (seconds)."""
+
+    prediction: Path
+    timings: dict[str, float]
+    reused: bool = False
+
+
+class TimedNetwork(torch.nn.Module):
+    """Wraps a network and sums the wall time spent in its forward calls (``seconds``; reset it per case)."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.net = net
+        self.cuda = device.type == "cuda"
+        self.seconds = 0.0
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.cuda:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        y = self.net(x, *args, **kwargs)
+        if self.cuda:
+            torch.cuda.synchronize(x.device)
+        self.seconds += time.perf_counter() - t0
+        return y
+
+
+@dataclass
+class BundleModel:
+    """A bundle's network and recipe as a :class:`pipeline.inference.loading.LoadedModel`, plus run settings."""
+
+    loaded: Any  # pipeline.inference.loading.LoadedModel whose network is a TimedNetwork
+    inference_settings: Any  # pipeline.inference.runner.InferenceSettings
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def timer(self) -> TimedNetwork:
+        return self.loaded.network
+
+    def warmup(self) -> float:
+        """One untimed forward pass on a zero ROI-sized window (first-call allocations and kernel selection stay
+        out of the first case's timings). Returns its seconds."""
+        channels = int(getattr(self.timer.net, "in_channels", 1) or 1)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            self.timer.net(torch.zeros((1, channels, *self.loaded.roi_size), device=self.loaded.device))
+        return time.perf_counter() - t0
+
+    def predict(self, item: Mapping[str, Any], pred_dir: str | Path, *, overwrite: bool = False) -> CaseInference:
+        """Predict ``item["image"]``; write ``<pred_dir>/<case>.nii.gz`` (original grid) and a JSON sidecar.
+
+        An existing prediction with its sidecar is reused (its recorded timings are returned) unless ``overwrite``.
+
+        Raises:
+            InputDataError: the image cannot be read or transformed.
+            ModelError: the network fails on it.
+        """
+        from pipeline.inference.runner import make_engine, predict_case, save_label_nifti
+
+        case = str(item.get("case") or Path(str(item["image"])).name.split(".")[0])
+        out = Path(pred_dir) / f"{case}.nii.gz"
+        side = Path(pred_dir) / f"{case}.json"
+        if not overwrite and out.is_file() and side.is_file():
+            try:
+                timings = {k: float(v) for k, v in json.loads(side.read_text())["timings"].items()}
+                return CaseInference(out, timings, reused=True)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable sidecar: predict again
+        self.timer.seconds = 0.0
+        engine = make_engine(self.loaded, self.inference_settings)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = predict_case(str(item["image"]), self.loaded, self.inference_settings, engine)
+        except (InputDataError, ModelError):
+            raise
+        except RuntimeError as exc:
+            msg = " ".join(str(exc).split())[:300]
+            raise ModelError(f"inference failed on this image ({msg})", path=item["image"]) from exc
+        t1 = time.perf_counter()
+        save_label_nifti(res["labels"], res["affine"], out, n_classes=self.loaded.out_channels)
+        t_save = time.perf_counter() - t1
+        raw = dict(res["timings"])
+        network = self.timer.seconds
+        timings = {
+            "preprocessing": raw.get("load_preprocess", 0.0) + raw.get("foreground_mask", 0.0),
+            "network": network,
+            "stitching": max(0.0, raw.get("sliding_window", 0.0) - network),
+            "postprocessing": raw.get("invert", 0.0) + raw.get("postprocess", 0.0) + t_save,
+        }
+        save_json_atomic({"case": case, "image": str(item["image"]), "prediction": str(out), "timings": timings,
+                          "inference_timings": raw, "windows": res.get("windows", {}), "settings": self.settings},
+                         side)
+        return CaseInference(out, timings)
+
+
+def open_model(bundle_dir: str | Path, weights: str | Path | None, *, device: str = "cpu",
+               roi_size: Sequence[int] | None = None, overlap: float | None = None,
+               sw_batch_size: int | None = None, tta: bool = False, seed: int = 0) -> BundleModel:
+    """Build the bundle's network and preprocessing from ``configs/inference.json``.
+
+    Args:
+        bundle_dir: the bundle folder.
+        weights: ``models/model.pt`` (a plain state dict, or ``{"model": state_dict}``); None keeps the random
+            initialisation (seeded with ``seed``) for smoke tests.
+        device: torch device.
+        roi_size: override of the bundle's ``roi_size`` (x, y, z); networks whose size depends on it are rebuilt.
+        overlap, sw_batch_size: overrides of the inferer's settings.
+        tta: nnU-Net mirroring test-time augmentation (8 flips).
+
+    Raises:
+        ModelError: missing/invalid config, a network that cannot be built, or weights that do not fit.
+    """
+    from monai.bundle import ConfigParser
+
+    from pipeline.inference.loading import LoadedModel, load_checkpoint
+    from pipeline.inference.runner import InferenceSettings
+
+    bundle = Path(bundle_dir)
+    cfg_file = bundle / INFERENCE_CONFIG
+    if not cfg_file.is_file():
+        raise ModelError("the bundle has no configs/inference.json", path=cfg_file)
+    dev = torch.device(device)
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(cfg_file))
+        meta_file = bundle / "configs" / "metadata.json"
+        if meta_file.is_file():
+            parser.read_meta(str(meta_file))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"unreadable config ({exc})", path=cfg_file) from exc
+    for key in ("network_def", "preprocessing", "inferer"):
+        if key not in parser.config:
+            raise ModelError(f"config has no {key!r}", path=cfg_file)
+    parser["bundle_root"] = str(bundle.resolve())
+    parser["device"] = f"$torch.device({str(dev)!r})"
+    notes: list[str] = []
+    if roi_size is not None:
+        if not isinstance(parser.config["inferer"], Mapping):
+            raise ModelError("the config's 'inferer' is not an inline component; --roi-size cannot be applied",
+                             path=cfg_file)
+        roi = [int(r) for r in roi_size]
+        if "roi_size" in parser.config:  # networks sized by the ROI are rebuilt for it
+            parser["roi_size"] = roi
+        parser["inferer"]["roi_size"] = roi
+        notes.append(f"--roi-size {roi} overrides the bundle's window (networks sized by it are rebuilt)")
+    torch.manual_seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = parser.get_parsed_content("network_def")
+            preprocessing = parser.get_parsed_content("preprocessing")
+            inferer = parser.get_parsed_content("inferer")
+    except Exception as exc:  # noqa: BLE001 - config instantiation errors are wrapped by MONAI
+        msg = " ".join(str(exc).split())[:300]
+        raise ModelError(f"cannot build the inference recipe ({msg})", path=cfg_file) from exc
+    if not isinstance(net, torch.nn.Module):
+        raise ModelError(f"network_def builds a {type(net).__name__}, not a torch module", path=cfg_file)
+    net = net.to(dev)
+    if weights is not None:
+        load_checkpoint(net, weights)  # strict; ModelError naming the file when it does not fit
+    net.eval()
+    roi = getattr(inferer, "roi_size", None)
+    if not roi:
+        raise ModelError("the bundle's inferer names no roi_size", path=cfg_file)
+    meta = parser.get("_meta_", {}) or {}
+    fmt = (meta.get("network_data_format") or {}) if isinstance(meta, Mapping) else {}
+    out = (fmt.get("outputs") or {}).get("pred") or {}
+    channel_def = {int(k): str(v) for k, v in (out.get("channel_def") or {}).items()}
+    ov = getattr(inferer, "overlap", 0.5)
+    mode = getattr(inferer, "mode", "gaussian")
+    loaded = LoadedModel(
+        network=TimedNetwork(net, dev),
+        preprocessing=preprocessing,
+        roi_size=tuple(int(r) for r in roi),
+        overlap=float(ov[0] if isinstance(ov, Sequence) else ov),
+        sw_batch_size=int(getattr(inferer, "sw_batch_size", 1) or 1),
+        mode=str(getattr(mode, "value", mode)),
+        out_channels=len(channel_def) or None,
+        channel_def=channel_def,
+        name=bundle.name,
+        source=str(bundle),
+        checkpoint=str(weights) if weights else None,
+        device=dev,
+    )
+    run = InferenceSettings(overlap=overlap, sw_batch_size=sw_batch_size, tta=bool(tta), quiet=True)
+    run.validate()
+    n_params = sum(p.numel() for p in net.parameters())
+    settings: dict[str, Any] = {
+        "device": str(dev),
+        "roi_size": list(loaded.roi_size),
+        "overlap": loaded.overlap if overlap is None else float(overlap),
+        "sw_batch_size": loaded.sw_batch_size if sw_batch_size is None else int(sw_batch_size),
+        "blend_mode": loaded.mode,
+        "tta": bool(tta),
+        "resample": run.resample,
+        "preprocessing": parser.config.get("preprocessing_preset", "see inference.json"),
+        "engine": "pipeline.inference (SlidingWindowEngine)",
+        "torch_threads": torch.get_num_threads(),
+    }
+    desc = f"{type(net).__name__} ({n_params / 1e6:.2f} M parameters) from {bundle.name}/{INFERENCE_CONFIG}"
+    return BundleModel(loaded, run, settings, notes, desc)

@@ -1,0 +1,198 @@
+"""Markdown sections written by the ``benchmarks/*.py`` scripts, and their assembly into ``benchmarks/RESULTS.md``.
+
+Every benchmark script prints a Markdown table and, with ``--out FILE``, writes one section: a heading, the exact
+command, the date, CPU/threads, torch/monai versions and the table. :func:`write_section` does that atomically and
+adds a machine-readable marker line; :func:`assemble_results` concatenates the sections (any Markdown file works,
+the marker is optional) under one header stamped with hardware, versions and date.
+
+Examples:
+    >>> from pipeline.benchmark.sections import markdown_table, median_time
+    >>> print(markdown_table(["op", "ms"], [["sum", 1.5]]))
+    | op | ms |
+    |---|---|
+    | sum | 1.5 |
+    >>> t = median_time(lambda: sum(range(1000)), repeats=3)
+    >>> t["repeats"], t["median_s"] > 0
+    (3, True)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.benchmark.environment import stamp_line, system_stamp
+from pipeline.utils.atomic import atomic_path
+
+MARKER_RE = re.compile(r"<!--\s*medseg-bench-section\s+(?P<body>.*?)\s*-->")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; cells are ``str()``-ed, ``None`` prints as ``–`` and ``|`` is escaped."""
+
+    def cell(x: Any) -> str:
+        return "–" if x is None else str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"markdown_table: row {list(row)!r} has {len(row)} cells for {len(headers)} headers")
+        lines.append("| " + " | ".join(cell(x) for x in row) + " |")
+    return "\n".join(lines)
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """Time ``fn()``: ``warmup`` untimed calls, then the median (and min/max) of ``repeats`` timed calls."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(max(0, warmup)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
+            "times_s": times}
+
+
+def command_line(argv: Sequence[str] | None = None, script: str | None = None) -> str:
+    """The exact command as a shell line: ``python <script> <args>``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = script if script is not None else sys.argv[0]
+    return shlex.join(["python", str(prog), *map(str, args)])
+
+
+def section_markdown(title: str, table: str, *, command: str, stamp: Mapping[str, Any] | None = None,
+                     notes: Sequence[str] = (), script: str | None = None) -> str:
+    """One results section: heading, marker, command, date, machine line, versions, table, notes."""
+    st = dict(stamp or system_stamp())
+    marker = f"<!-- medseg-bench-section script={script or ''} date={st.get('date', '')} -->"
+    parts = [
+        f"## {title}",
+        "",
+        marker,
+        "",
+        f"- command: `{command}`",
+        f"- date: {st.get('date', '')}",
+        f"- machine: {stamp_line(st)}",
+        f"- versions: torch {st.get('torch')}, monai {st.get('monai')}, numpy {st.get('numpy')}",
+        "",
+        table.rstrip(),
+        "",
+    ]
+    if notes:
+        parts += [f"- {n}" for n in notes] + [""]
+    return "\n".join(parts)
+
+
+def write_section(path: str | Path, title: str, table: str, *, command: str,
+                  stamp: Mapping[str, Any] | None = None, notes: Sequence[str] = (),
+                  script: str | None = None) -> Path:
+    """Write :func:`section_markdown` atomically to ``path`` (the ``--out FILE`` of a benchmark script)."""
+    text = section_markdown(title, table, command=command, stamp=stamp, notes=notes,
+                            script=script or Path(path).stem)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+@dataclass
+class SectionInfo:
+    """A section file as found on disk."""
+
+    path: Path
+    title: str
+    date: str
+    text: str
+
+
+def read_section(path: str | Path) -> SectionInfo:
+    """Read a section file: its first heading is the title, the marker (or ``- date:`` line) gives the date."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    title = p.stem
+    for line in text.splitlines():
+        m = re.match(r"^(#+)\s+(.*\S)\s*$", line)
+        if m:
+            title = m.group(2)
+            break
+    date = ""
+    m = MARKER_RE.search(text)
+    if m:
+        dm = re.search(r"date=(\S+)", m.group("body"))
+        date = dm.group(1) if dm else ""
+    if not date:
+        dm = re.search(r"^- date:\s*(.+)$", text, flags=re.M)
+        date = dm.group(1).strip() if dm else ""
+    if not date:
+        date = _dt.datetime.fromtimestamp(p.stat().st_mtime).astimezone().isoformat(timespec="seconds") + " (mtime)"
+    return SectionInfo(p, title, date, text)
+
+
+def _demote(text: str) -> str:
+    """Shift headings so the section's top heading is level 2 (``##``) inside RESULTS.md."""
+    levels = [len(m.group(1)) for m in re.finditer(r"^(#+)\s", text, flags=re.M)]
+    if not levels:
+        return text
+    shift = 2 - min(levels)
+    if shift <= 0:
+        return text
+    return re.sub(r"^(#+)(\s)", lambda m: "#" * (len(m.group(1)) + shift) + m.group(2), text, flags=re.M)
+
+
+def assemble_results(sections: Sequence[str | Path], *, run_log: Sequence[Mapping[str, Any]] = (),
+                     stamp: Mapping[str, Any] | None = None, command: str = "",
+                     title: str = "Benchmark results") -> str:
+    """Build RESULTS.md: a stamped header, a run log (script, status, seconds), an index, then every section.
+
+    Args:
+        sections: section files, in the order to print them.
+        run_log: one mapping per script run in this invocation: ``name``, ``status``, ``seconds``, ``returncode``,
+            ``section`` (path or None), ``error`` (short text).
+        stamp: :func:`~pipeline.benchmark.environment.system_stamp` of the assembling run.
+        command: the command that produced the file.
+    """
+    st = dict(stamp or system_stamp())
+    infos = [read_section(s) for s in sections]
+    out = [
+        f"# {title}",
+        "",
+        "Generated by `benchmarks/run_all.py`; do not edit by hand (re-run the suite). Each section was written by "
+        "its script; figures are medians of the repeats it states, and ratios compare runs made in the same "
+        "process, back to back. Only ratios measured in the same run are meaningful on a shared machine.",
+        "",
+        f"- generated: {st.get('date', '')}",
+        f"- command: `{command}`" if command else "- command: (assembled from existing sections)",
+        f"- machine: {stamp_line(st)}",
+        f"- versions: python {st.get('python')}, torch {st.get('torch')}, monai {st.get('monai')}, "
+        f"numpy {st.get('numpy')}, scipy {st.get('scipy')}, nibabel {st.get('nibabel')}, "
+        f"SimpleITK {st.get('SimpleITK')}",
+        "",
+    ]
+    if run_log:
+        out += ["## Suite run", ""]
+        rows = [[r.get("name"), r.get("status"), _secs(r.get("seconds")), r.get("returncode"),
+                 r.get("error") or ""] for r in run_log]
+        out += [markdown_table(["script", "status", "seconds", "exit code", "problem"], rows), ""]
+    out += ["## Contents", ""]
+    if infos:
+        out += [markdown_table(["section", "file", "measured"],
+                               [[i.title, i.path.name, i.date] for i in infos]), ""]
+    else:
+        out += ["No section files found.", ""]
+    for info in infos:
+        out += [_demote(info.text).rstrip(), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _secs(x: Any) -> str:
+    return "–" if x is None else f"{float(x):.1f}"

@@ -1,0 +1,297 @@
+"""Benchmark report format, published tables, section assembly and the speed-suite runner (no heavy benchmarks)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+from pipeline.benchmark.datasets import pick_split, profile_for
+from pipeline.benchmark.environment import PeakMemory, system_stamp
+from pipeline.benchmark.published import PUBLISHED_TABLES, SYNAPSE_ORDER, get_table
+from pipeline.benchmark.report import STAGES, BenchmarkReport, CaseResult, report_from_dict
+from pipeline.benchmark.sections import assemble_results, markdown_table, read_section, write_section
+from pipeline.benchmark.suite import discover_scripts
+from pipeline.benchmark.suite import main as suite_main
+from pipeline.errors import InputDataError, UsageError
+
+# --- published tables -------------------------------------------------------------------------------------------------
+
+
+def test_published_tables_means_match_their_columns():
+    """Transcription guard: a row's printed mean equals the mean of its columns (to rounding), except BTCV, whose
+    printed Avg is 0.16-0.44 points above the column mean in every row of the paper."""
+    for table in PUBLISHED_TABLES.values():
+        for row in table.rows:
+            if len(row.dsc) == len(table.classes) and row.mean_dsc is not None:
+                gap = row.mean_dsc - sum(row.dsc.values()) / len(row.dsc)
+                lo, hi = (0.15, 0.45) if table.key == "btcv" else (-0.015, 0.015)
+                assert lo <= gap <= hi, (table.key, row.method, gap)
+            assert set(row.dsc) <= set(table.labels), (table.key, row.method)
+            assert row.protocol in ("legacy_unetrpp", "legacy_transunet", "nnunet_summary", "unstated")
+
+
+def test_published_paper_column_orders():
+    syn = get_table("synapse")
+    assert [c.short for c in syn.classes] == ["Spl", "RKid", "LKid", "Gal", "Liv", "Sto", "Aor", "Pan"]
+    assert syn.labels == list(SYNAPSE_ORDER) == [1, 2, 3, 4, 6, 7, 8, 11]
+    assert syn.row("UNETR++").dsc[11] == 81.10 and syn.row("UNETR++").mean_hd95 == 7.53
+    assert syn.hd95_unit == "voxels" and syn.row("UNETR++").protocol == "legacy_unetrpp"
+    assert get_table("btcv").labels == list(range(1, 14))
+    assert get_table("lung").row("UNETR++").dsc == {1: 80.68}
+    with pytest.raises(KeyError):
+        get_table("amos")
+
+
+# --- profiles and splits --------------------------------------------------------------------------------------------
+
+BTCV_LABELS = {i: f"organ{i}" for i in range(14)}
+
+
+def test_profiles_pick_table_and_split():
+    assert profile_for(layout="synapse_raw", labels=BTCV_LABELS, name="Synapse_like").key == "synapse"
+    p = profile_for(layout="btcv_json", labels=BTCV_LABELS, name="BTCV_like")
+    assert p.key == "btcv" and p.default_split == "validation" and len(p.classes) == 13
+    p = profile_for(layout="msd", labels={0: "background", 1: "cancer"}, name="Task06_Lung_sample")
+    assert p.key == "lung" and p.table.row("UNETR++").dsc[1] == 80.68
+    p = profile_for(layout="msd", labels={0: "background", 1: "anterior", 2: "posterior"}, name="Task04_Hippocampus")
+    assert p.table is None and [(c.label, c.name) for c in p.classes] == [(1, "anterior"), (2, "posterior")]
+    with pytest.raises(UsageError):
+        profile_for(layout="msd", labels={0: "bg", 1: "x"}, table="synapse")
+    with pytest.raises(UsageError):
+        profile_for(layout="msd", labels={0: "bg", 1: "x"}, table="nope")
+
+
+def test_pick_split_aliases_and_errors():
+    splits = {"training": [{"image": "a", "label": "b"}], "validation": [{"image": "c", "label": "d"}],
+              "test": [{"image": "e"}]}
+    name, key, items = pick_split(splits, None, "test", source="/d")
+    assert (name, key, items) == ("validation", "validation", [{"image": "c", "label": "d"}])  # test is unlabelled
+    assert pick_split(splits, "training", "test", source="/d")[1] == "training"
+    with pytest.raises(InputDataError, match="has no labelled case"):
+        pick_split(splits, "test", "test", source="/d")
+    with pytest.raises(InputDataError, match="does not exist"):
+        pick_split({"val": []}, "fold3", "test", source="/d")
+
+
+# --- report ---------------------------------------------------------------------------------------------------------
+
+
+def _report(untrained: bool) -> BenchmarkReport:
+    syn = get_table("synapse")
+    cases = [
+        CaseResult("img0001", dice={1: 0.9, 2: 0.8, 3: 0.7, 4: None, 6: 0.95, 7: 0.6, 8: 0.85, 11: 0.5},
+                   hd95={1: 2.0, 2: 3.0, 3: 4.0, 4: None, 6: 5.0, 7: 6.0, 8: 1.0, 11: 9.0},
+                   timings={"preprocessing": 1.0, "network": 10.0, "stitching": 0.5, "postprocessing": 2.0,
+                            "metrics": 0.25}),
+        CaseResult("img0002", dice={k: 0.5 for k in syn.labels}, hd95={k: 1.0 for k in syn.labels},
+                   timings={"preprocessing": 3.0, "network": 20.0, "stitching": 1.5, "postprocessing": 4.0,
+                            "metrics": 0.75, "io": 0.1}),
+        CaseResult("img0003", status="failed", error="prediction shape (1, 2, 3) differs from label"),
+    ]
+    return BenchmarkReport(
+        bundle="unetrpp_synapse", dataset="/data/Synapse_like", split="test", protocol="legacy_unetrpp",
+        classes=list(syn.classes), cases=cases, untrained=untrained, layout="synapse_raw", hd95_unit="voxel",
+        published=syn, memory={"peak_rss_mib": 123.4}, environment=system_stamp(), command="medseg benchmark ...",
+        split_note="2 of the 12 official test cases are present", notes=["a note"], warnings=["WARNING: legacy"],
+    )
+
+
+def test_report_aggregation():
+    r = _report(False)
+    means = r.class_means()
+    assert means[1]["dice"] == pytest.approx(0.7) and means[1]["n_dice"] == 2
+    assert means[4]["dice"] == pytest.approx(0.5) and means[4]["excluded_dice"] == 1  # None is excluded, counted
+    mean = r.mean_scores()
+    assert mean["dice"] == pytest.approx(sum(m["dice"] for m in means.values()) / 8)
+    t = r.timing_summary()
+    assert t["network"]["median"] == pytest.approx(15.0) and t["total"]["total"] == pytest.approx(43.1)
+    assert r.stage_names() == [*STAGES, "io"]
+
+
+def test_report_markdown_layout_and_published_rows():
+    r = _report(False)
+    md = r.to_markdown()
+    assert "UNTRAINED" not in md
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert header.split(" | ")[3:11] == ["Spl", "RKid", "LKid", "Gal", "Liv", "Sto", "Aor", "Pan"]
+    ours = next(line for line in md.splitlines() if line.startswith("| **ours**"))
+    assert "| 70.00 |" in ours and "legacy_unetrpp" in ours  # spleen: mean of 0.9 and 0.5, in percent
+    unetrpp = next(line for line in md.splitlines() if line.startswith("| UNETR++ |"))
+    assert "as published" in unetrpp and "| 7.53 | 87.22 |" in unetrpp and "| 81.10 |" in unetrpp
+    for heading in ("## Per-case results", "## Timings per case and stage (s)", "## Peak memory",
+                    "## Hardware and software"):
+        assert heading in md
+    timing_head = next(line for line in md.splitlines() if line.startswith("| Case | preprocessing"))
+    assert timing_head.split(" | ")[1:7] == ["preprocessing", "network", "stitching", "postprocessing", "metrics",
+                                            "io"]
+    assert "failed: prediction shape" in md
+    assert "2 of the 12 official test cases" in md and "torch" in md and "> WARNING: legacy" in md
+    assert "compare with care" not in md  # legacy_unetrpp is the protocol of the UNETR++ row
+    r.protocol = "strict"
+    assert "compare with care (`--protocol legacy_transunet / legacy_unetrpp` matches some rows)" in r.to_markdown()
+
+
+def test_untrained_marked_everywhere(tmp_path):
+    r = _report(True)
+    paths = r.write(tmp_path)
+    md = paths["markdown"].read_text()
+    assert md.startswith("# ") and "UNTRAINED" in md.splitlines()[0]
+    for line in md.splitlines():
+        if line.startswith("#"):
+            assert "UNTRAINED" in line, line
+    assert "| **ours (UNTRAINED)** |" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["untrained"] is True and "UNTRAINED" in data["warning"]
+    for key in ("csv", "timings_csv"):
+        text = paths[key].read_text()
+        assert text.startswith("# UNTRAINED")
+        rows = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
+        assert rows and all(row["untrained"] == "1" for row in rows)
+    trained = _report(False).write(tmp_path / "t")
+    assert json.loads(trained["json"].read_text())["untrained"] is False
+    assert "UNTRAINED" not in trained["csv"].read_text()
+
+
+def test_report_json_csv_roundtrip(tmp_path):
+    r = _report(False)
+    paths = r.write(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["protocol"] == "legacy_unetrpp" and data["units"]["hd95"] == "voxel"
+    assert data["cases_used"] == ["img0001", "img0002", "img0003"]
+    assert [c["class"] for c in data["summary"]["per_class"]] == ["Spl", "RKid", "LKid", "Gal", "Liv", "Sto", "Aor",
+                                                                  "Pan"]
+    assert data["summary"]["n_failed"] == 1
+    pub = data["published"]
+    assert pub["label"] == "as published" and pub["table"] == "synapse"
+    assert {row["method"]: row["protocol"] for row in pub["rows"]}["UNETR++"] == "legacy_unetrpp"
+    assert data["environment"]["torch"] and data["memory"]["peak_rss_mib"] == 123.4
+    back = report_from_dict(data)
+    assert back.to_markdown() == r.to_markdown()
+    rows = list(csv.DictReader(line for line in paths["csv"].read_text().splitlines() if not line.startswith("#")))
+    assert len(rows) == 3 * 8
+    first = rows[0]
+    assert (first["case"], first["label"], first["class"], float(first["dice"])) == ("img0001", "1", "Spl", 0.9)
+    gal = next(row for row in rows if row["case"] == "img0001" and row["class"] == "Gal")
+    assert gal["dice"] == "" and gal["hd95"] == ""  # excluded stays empty, never 0
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_report_infinite_hd95_is_shown():
+    r = BenchmarkReport(bundle="b", dataset="d", split="test", protocol="strict",
+                        classes=list(get_table("lung").classes),
+                        cases=[CaseResult("c", dice={1: 0.0}, hd95={1: math.inf}, timings={"network": 1.0})])
+    assert math.isinf(r.mean_scores()["hd95"])
+    assert "| inf |" in r.to_markdown()
+
+
+# --- memory and stamp -----------------------------------------------------------------------------------------------
+
+
+def test_peak_memory_sees_an_allocation():
+    import numpy as np
+
+    with PeakMemory(interval=0.005) as mem:
+        block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+        block.sum()
+        del block
+    assert mem.peak_rss_bytes - mem.start_rss_bytes > 40 * 2**20
+    assert mem.as_dict()["peak_rss_mib"] >= mem.as_dict()["start_rss_mib"]
+
+
+# --- sections and the suite -----------------------------------------------------------------------------------------
+
+
+def test_markdown_table_rejects_ragged_rows():
+    with pytest.raises(ValueError):
+        markdown_table(["a", "b"], [[1]])
+    assert "a \\| b" in markdown_table(["x"], [["a | b"]])
+
+
+def test_assemble_results_from_sections(tmp_path):
+    stamp = system_stamp()
+    a = write_section(tmp_path / "eval_speed.md", "Evaluation speed", markdown_table(["tool", "s"], [["ours", 1.0]]),
+                      command="python benchmarks/eval_speed.py", stamp=stamp)
+    b = tmp_path / "handmade.md"
+    b.write_text("# Hand-written\n\n### detail\n\n| x |\n|---|\n| 1 |\n")
+    info = read_section(a)
+    assert info.title == "Evaluation speed" and info.date == stamp["date"]
+    text = assemble_results([a, b], stamp=stamp, command="python benchmarks/run_all.py --no-run",
+                            run_log=[{"name": "eval_speed", "status": "ok", "seconds": 1.25, "returncode": 0}])
+    assert text.startswith("# Benchmark results\n")
+    assert f"- generated: {stamp['date']}" in text and "torch " + stamp["torch"] in text
+    assert "| eval_speed | ok | 1.2 | 0 |" in text or "| eval_speed | ok | 1.3 | 0 |" in text
+    assert "## Evaluation speed" in text and "| ours | 1.0 |" in text
+    assert "## Hand-written" in text and "#### detail" in text  # headings demoted one level, structure kept
+    assert text.index("## Evaluation speed") < text.index("## Hand-written")
+
+
+TINY_SCRIPT = '''
+"""A real (tiny) benchmark: median time of summing a list, written as a section."""
+import argparse, sys
+from pipeline.benchmark.sections import command_line, markdown_table, median_time, write_section
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    n = 1000 if a.quick else 100000
+    t = median_time(lambda: sum(range(n)), repeats=a.repeats)
+    table = markdown_table(["op", "median ms", "repeats"], [[f"sum({n})", f"{t['median_s']*1e3:.3f}", a.repeats]])
+    print(table)
+    if a.out:
+        write_section(a.out, "Tiny sum", table, command=command_line(argv, "tiny_sum.py"))
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+def test_suite_runs_scripts_and_regenerates_results(tmp_path):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "tiny_sum.py").write_text(TINY_SCRIPT)
+    (scripts / "broken.py").write_text("import sys\ndef main(argv=None):\n    raise SystemExit(3)\n"
+                                       "if __name__ == '__main__':\n    main()\n")
+    (scripts / "run_all.py").write_text("def main(argv=None): pass\n")  # never runs itself
+    (scripts / "_helper.py").write_text("def main(argv=None): pass\n")
+    assert [p.stem for p in discover_scripts(scripts)] == ["broken", "tiny_sum"]
+    results, out = tmp_path / "results", tmp_path / "RESULTS.md"
+    common = ["--scripts-dir", str(scripts), "--results-dir", str(results), "--output", str(out),
+              "--logs-dir", str(tmp_path / "logs")]
+    assert suite_main([*common, "--quick", "--only", "tiny_sum"]) == 0
+    text = out.read_text()
+    assert "## Tiny sum" in text and "| sum(1000) |" in text and "| tiny_sum | ok |" in text
+    assert "--quick --only tiny_sum" in text
+    # a failing script: exit 1, RESULTS.md still regenerated with the earlier section and the failure logged
+    assert suite_main([*common, "--quick", "--only", "broken"]) == 1
+    text = out.read_text()
+    assert "| broken | failed |" in text and "exit 3" in text and "## Tiny sum" in text
+    assert (tmp_path / "logs" / "broken.log").exists()
+    with pytest.raises(UsageError):
+        suite_main([*common, "--only", "nope"])
+    with pytest.raises(UsageError):
+        suite_main([*common, "--repeats", "1"])
+
+
+def test_run_all_script_entry_point(tmp_path):
+    """``benchmarks/run_all.py`` exposes main(argv) and assembles existing sections with --no-run."""
+    import importlib.util
+
+    from pipeline.paths import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("run_all", PROJECT_ROOT / "benchmarks" / "run_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results = tmp_path / "results"
+    write_section(results / "a.md", "Section A", "| a |\n|---|\n| 1 |", command="python a.py")
+    out = tmp_path / "R.md"
+    assert mod.main(["--no-run", "--results-dir", str(results), "--output", str(out)]) == 0
+    assert "## Section A" in out.read_text()
+    assert mod.main(["--only", "does_not_exist", "--results-dir", str(results), "--output", str(out)]) == 2
