@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, PipelineError
 
 #: maximum difference (mm) between the image and label grids, after bringing both to a canonical orientation
 GRID_TOLERANCE_MM = 1e-3
@@ -140,6 +140,9 @@ def _load(path: str, what: str, problems: list[str]):
         return load_volume(path, dtype=None)
     except InputDataError as exc:
         problems.append(f"{what} unreadable: {exc}")
+        return None
+    except PipelineError as exc:  # e.g. ResourceError: too large to load here
+        problems.append(f"{what} not loaded: {exc}")
         return None
 
 

@@ -26,6 +26,8 @@ def list_inference_inputs(path: str | os.PathLike) -> list[dict]:
     ``path`` may be an image file (NIfTI/NRRD/MHA...), a folder of image files, a DICOM series folder, or a folder of
     DICOM series folders (a mix of image files and series folders is accepted too). Hidden files and our own atomic
     temporary files are ignored. ``case`` is the file name without its image suffix, or the DICOM folder's name.
+    Entries that look like images but cannot be one (a folder named ``x.nii.gz`` without a DICOM series, a broken
+    symbolic link) are listed too, so the run reports them as failed cases instead of dropping them silently.
 
     Raises:
         InputDataError: when ``path`` does not exist, is not an image, holds no image, or two inputs share a case name.
@@ -43,6 +45,11 @@ def list_inference_inputs(path: str | os.PathLike) -> list[dict]:
         return [_item(p)]
     items = [_item(c) for c in files]
     items += [_item(c) for c in children if c.is_dir() and is_dicom_series_dir(c)]
+    seen_images = {it["image"] for it in items}
+    items += [{"image": str(c), "case": c.name[: -len(image_suffix(c))]}  # look like images, cannot be: reported
+              for c in children
+              if str(c) not in seen_images and image_suffix(c) not in (None, ".dcm")
+              and (c.is_dir() or (c.is_symlink() and not c.exists()))]
     if not items:
         raise InputDataError("no images found (NIfTI/NRRD/MHA files or DICOM series folders)", path=p)
     seen: dict[str, str] = {}

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 from monai.data import ImageReader, MetaTensor, NibabelReader
 from monai.data.utils import orientation_ras_lps
+from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 from monai.utils.enums import MetaKeys, SpaceKeys
 
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, PipelineError
 
 #: NIfTI suffixes (read by nibabel)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -77,10 +78,14 @@ def is_dicom_series_dir(path: str | os.PathLike) -> bool:
         return False
     import SimpleITK as sitk
 
+    shown = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # GDCM prints "No Series were found" for plain folders
     try:
         return len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))) > 0
     except RuntimeError:
         return False
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(shown)
 
 
 class SimpleITKReader(ImageReader):
@@ -222,11 +227,114 @@ def quiet_reader_registration() -> Iterator[None]:
 
 
 def make_load_imaged(keys: Sequence[str], **kwargs: Any) -> Any:
-    """``LoadImaged`` with our reader list (NIfTI -> nibabel, NRRD/MHA/DICOM -> SimpleITK), built quietly."""
-    from monai.transforms import LoadImaged
-
+    """:class:`CheckedLoadImaged` with our reader list (NIfTI -> nibabel, NRRD/MHA/DICOM -> SimpleITK), built quietly."""
     with quiet_reader_registration():
-        return LoadImaged(keys=keys, reader=image_readers(), image_only=True, **kwargs)
+        return CheckedLoadImaged(keys=keys, reader=image_readers(), image_only=True, **kwargs)
+
+
+def describe_read_error(path: str | os.PathLike, exc: BaseException | None = None) -> str:
+    """One short phrase saying why ``path`` could not be read.
+
+    MONAI's ``LoadImage`` tries every reader in turn and reports the last failure (often an unrelated pydicom or
+    "install the reader libraries" message), so the file is re-examined with the reader its suffix calls for.
+
+    Args:
+        path: the file (or folder) that failed to load.
+        exc: the exception the loader raised, used when the re-examination finds nothing wrong.
+
+    Examples:
+        >>> describe_read_error("/nonexistent/scan.nii.gz")
+        'file not found'
+    """
+    p = Path(path)
+    if p.is_dir():
+        return "is a folder, not an image file (and holds no DICOM series)"
+    if not p.exists():
+        return "file not found" + (" (broken symbolic link)" if p.is_symlink() else "")
+    try:
+        size = p.stat().st_size
+    except OSError as err:
+        return f"cannot stat the file ({err.strerror})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    suffix = image_suffix(p)
+    if p.name.lower().endswith(".gz"):
+        import gzip
+        import zlib
+
+        try:
+            with gzip.open(p, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        except EOFError:
+            return "truncated or corrupt file (the gzip stream ends early: incomplete copy or download)"
+        except (OSError, zlib.error) as err:
+            if "Not a gzipped file" in str(err):
+                return "not a NIfTI file (named .gz but not gzip-compressed)"
+            return f"truncated or corrupt file ({_short_reason(err)})"
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel as nib
+
+            img = nib.load(str(p))
+            np.asanyarray(img.dataobj[..., :1] if len(img.shape) > 3 else img.dataobj)
+        elif suffix is not None:
+            import SimpleITK as sitk
+
+            sitk.ReadImage(str(p))
+    except Exception as err:  # noqa: BLE001 - the reader's own reason is what we want
+        reason = _short_reason(err)
+        if "Unable to determine ImageIO reader" in reason:
+            return "not a valid image file (no reader recognises its header)"
+        if "Cannot work out file type" in reason or "not a gzip" in reason.lower():
+            return f"not a {'NIfTI' if suffix in NIFTI_SUFFIXES else 'valid image'} file (header unreadable)"
+        if "ended before the end-of-stream" in reason or "EOF" in reason or "truncated" in reason.lower():
+            return f"truncated or corrupt file ({reason})"
+        return f"unreadable or corrupt image ({reason})"
+    return f"unreadable or corrupt image ({_short_reason(exc) if exc is not None else 'unknown reason'})"
+
+
+class CheckedLoadImaged(LoadImaged):
+    """``LoadImaged`` whose failures are one :class:`~pipeline.errors.InputDataError` line naming the file.
+
+    Before reading it checks that each path exists and is a file (or a DICOM series folder), and that the volume
+    its header declares fits the memory budget (:func:`pipeline.data.resources.check_load_memory`, which raises
+    :class:`~pipeline.errors.ResourceError`). Reader failures are re-diagnosed by :func:`describe_read_error`.
+
+    Examples:
+        >>> from pipeline.data.io import make_load_imaged
+        >>> load = make_load_imaged(["image"])
+        >>> load({"image": "missing.nii.gz"})  # doctest: +SKIP
+        InputDataError: missing.nii.gz: file not found
+    """
+
+    def __call__(self, data: Any, reader: Any = None) -> Any:
+        from pipeline.data.resources import check_load_memory
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            for name in ensure_tuple(d[key]):
+                if not isinstance(name, (str, os.PathLike)):
+                    continue
+                p = Path(name)
+                if not p.exists() or (p.is_dir() and not is_dicom_series_dir(p)):
+                    raise InputDataError(describe_read_error(p), path=p)
+                check_load_memory(p)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return super().__call__(d, reader)
+        except PipelineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nibabel/zlib/SimpleITK/pydicom raise many types
+            names = [n for k in self.key_iterator(d) for n in ensure_tuple(d[k]) if isinstance(n, (str, os.PathLike))]
+            culprit = next((n for n in names if _unreadable(n)), names[0] if names else None)
+            raise InputDataError(describe_read_error(culprit, exc) if culprit else _short_reason(exc),
+                                 path=culprit) from exc
+
+
+def _unreadable(path: str | os.PathLike) -> bool:
+    return not describe_read_error(path).startswith("unreadable or corrupt image (unknown")
 
 
 def image_readers() -> list[ImageReader]:
@@ -270,6 +378,9 @@ def load_volume(path: str | os.PathLike, *, dtype: Any = np.float32, ensure_chan
         raise InputDataError(
             f"unsupported image type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM series folder)", path=p
         )
+    from pipeline.data.resources import check_load_memory
+
+    check_load_memory(p)
     loader = _loader(ensure_channel_first, None if dtype is None else np.dtype(dtype).str)
     try:
         with warnings.catch_warnings():
@@ -278,7 +389,7 @@ def load_volume(path: str | os.PathLike, *, dtype: Any = np.float32, ensure_chan
     except InputDataError:
         raise
     except Exception as exc:  # noqa: BLE001 - nibabel/zlib/SimpleITK raise many types for corrupt files
-        raise InputDataError(f"unreadable or corrupt image ({_short_reason(exc)})", path=p) from exc
+        raise InputDataError(describe_read_error(p, exc), path=p) from exc
     return img
 
 

@@ -1,7 +1,9 @@
 """Named class sets: which label ids are scored, under which names, in which (paper) column order.
 
 * ``synapse8``: the 8 organs of the Synapse protocol (TransUNet, nnFormer, UNETR++) in raw Synapse/BTCV ids and in
-  the papers' column order (aorta, gallbladder, left kidney, right kidney, liver, pancreas, spleen, stomach).
+  the UNETR++/nnFormer table column order (spleen, right kidney, left kidney, gallbladder, liver, stomach, aorta,
+  pancreas), the same order ``medseg benchmark`` prints beside the published rows. (TransUNet's paper lists them
+  alphabetically; the ids, not the order, are what the protocols share.)
 * ``btcv13``: all 13 BTCV organs, ids 1..13.
 * a ``dataset.json`` / ``dataset_0.json`` path: its ``labels`` map (MSD ``id -> name`` or nnU-Net v2
   ``name -> id``), background (0) left out.
@@ -31,7 +33,7 @@ class ClassSet:
 
     Examples:
         >>> resolve_classes("synapse8").ids[:3]
-        (8, 4, 3)
+        (1, 2, 3)
         >>> resolve_classes("1,3").labels
         {1: 'class_1', 3: 'class_3'}
     """
@@ -51,9 +53,9 @@ class ClassSet:
 
 SYNAPSE8 = ClassSet(
     "synapse8",
-    {8: "aorta", 4: "gallbladder", 3: "kidney_left", 2: "kidney_right", 6: "liver", 11: "pancreas", 1: "spleen",
-     7: "stomach"},
-    "the 8 Synapse organs in raw Synapse/BTCV ids, paper column order",
+    {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 6: "liver", 7: "stomach", 8: "aorta",
+     11: "pancreas"},
+    "the 8 Synapse organs in raw Synapse/BTCV ids, UNETR++ table column order",
 )
 BTCV13 = ClassSet(
     "btcv13",

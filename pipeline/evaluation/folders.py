@@ -49,9 +49,21 @@ def _present_ids(*arrays: np.ndarray) -> list[int]:
     return sorted(ids)
 
 
+class _DeclaredIds(frozenset):
+    """The label ids a dataset.json declares, with the file they come from (picklable for worker processes)."""
+
+    def __new__(cls, ids, source: str = ""):
+        obj = super().__new__(cls, (int(i) for i in ids))
+        obj.source = str(source)
+        return obj
+
+    def __reduce__(self):
+        return (_DeclaredIds, (tuple(self), self.source))
+
+
 def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | None, str | None, float]:
     """Worker: read, check and score one (prediction, label) pair. Never raises: errors come back as one line."""
-    case, pred_path, label_path, classes, protocol, metrics, nsd_tol, check_affine = job
+    case, pred_path, label_path, classes, protocol, metrics, nsd_tol, check_affine, declared = job
     try:
         label, aff_l, spacing = read_label_map(label_path)
         pred, aff_p, _ = read_label_map(pred_path)
@@ -73,6 +85,13 @@ def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | None, str | None, floa
             pred = as_label_map(pred, "prediction")
         except ValueError as exc:
             raise InputDataError(str(exc), path=pred_path) from exc
+        if declared is not None:  # classes from a dataset.json: every id must be one it declares
+            ids, source = set(declared) | {0}, declared.source
+            for arr, path, role in ((label, label_path, "label"), (pred, pred_path, "prediction")):
+                bad = sorted(set(_present_ids(arr)) - ids)
+                if bad:
+                    raise InputDataError(f"{role} values {bad} are not in the declared label set {sorted(ids)} "
+                                         f"({source})", path=path)
         cls = classes if classes is not None else {i: f"class_{i}" for i in _present_ids(pred, label)}
         if not cls:
             return case, [], None, image_diagonal(label.shape, spacing)
@@ -234,7 +253,10 @@ def evaluate_folders(
             path=pred_dir,
         )
     cls_arg = None if cset is None else dict(cset.labels)
-    jobs = [(case, p, lab, cls_arg, proto, metrics, nsd_tolerance, check_affine) for case, p, lab in pairing.pairs]
+    declared = _DeclaredIds(cset.labels, cset.description[len("labels of "):]) \
+        if cset is not None and cset.description.startswith("labels of ") else None
+    jobs = [(case, p, lab, cls_arg, proto, metrics, nsd_tolerance, check_affine, declared)
+            for case, p, lab in pairing.pairs]
     n_workers = min(len(jobs), workers if workers else min(4, os.cpu_count() or 1))
     if n_workers < 1:
         raise UsageError(f"--workers {workers}: must be >= 1")

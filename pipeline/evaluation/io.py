@@ -178,8 +178,9 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tup
     except InputDataError:
         raise
     except Exception as exc:  # noqa: BLE001 - nibabel/zlib raise many types on corrupt files
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise InputDataError(f"unreadable or corrupt image ({reason})", path=p) from exc
+        from pipeline.data.io import describe_read_error
+
+        raise InputDataError(describe_read_error(p, exc), path=p) from exc
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:

@@ -40,6 +40,8 @@ def as_label_map(array: np.ndarray, name: str = "array") -> np.ndarray:
     if not np.issubdtype(a.dtype, np.integer):
         if not np.issubdtype(a.dtype, np.floating):
             raise ValueError(f"{name}: dtype {a.dtype} is not a label map")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name}: holds NaN/Inf values; expected a label map")
         ints = a.astype(np.int32)
         if not np.array_equal(ints, a):
             raise ValueError(f"{name}: holds non-integer values; expected a label map (argmax'ed), not probabilities")

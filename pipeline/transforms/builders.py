@@ -39,6 +39,7 @@ from monai.transforms import (
 )
 
 from pipeline.errors import InputDataError, UsageError
+from pipeline.transforms.checks import CheckedCompose, CheckImaged
 from pipeline.transforms.presets import get_preset
 
 #: keys whose data are label maps (nearest-neighbour resampling, no intensity transform)
@@ -151,9 +152,14 @@ def build_preprocessing(
     intensity: Mapping[str, Any] | None = None,
     spacing: Sequence[float] | None = None,
     allow_missing_keys: bool = False,
+    channels: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> Compose:
-    """Deterministic, invertible preprocessing: LoadImaged -> EnsureChannelFirstd -> Orientationd -> Spacingd ->
-    intensity -> optional CropForegroundd.
+    """Deterministic, invertible preprocessing: LoadImaged -> EnsureChannelFirstd -> checks -> Orientationd ->
+    Spacingd -> intensity -> optional CropForegroundd.
+
+    The checks (:class:`pipeline.transforms.checks.CheckImaged`) refuse, with one line naming the file, a volume that
+    is not 3D, an image whose channel count differs from ``channels`` (default: the preset's), and NaN/Inf voxels.
 
     The first key is the image (bilinear resampling, intensity normalisation, foreground source); the other keys are
     label maps (nearest). NIfTI is read by nibabel, NRRD/MHA/DICOM series folders by
@@ -165,6 +171,8 @@ def build_preprocessing(
         load: include LoadImaged + EnsureChannelFirstd (False when the dict already holds channel-first MetaTensors).
         fingerprint, intensity, spacing: see :func:`resolve_preset`.
         allow_missing_keys: let label keys be absent from some dicts.
+        channels: required image channels (default: the preset's ``channels``; None there accepts any).
+        allow_nonfinite: accept NaN/Inf voxels.
 
     Returns:
         a ``monai.transforms.Compose``; invert geometry with ``Invertd(keys="pred", transform=it, orig_keys="image")``.
@@ -192,6 +200,8 @@ def build_preprocessing(
             make_load_imaged(keys, allow_missing_keys=amk),
             EnsureChannelFirstd(keys=keys, allow_missing_keys=amk),
         ]
+    xforms.append(CheckImaged(keys, channels=spec.get("channels") if channels is None else channels,
+                              allow_nonfinite=allow_nonfinite, allow_missing_keys=amk))
     if spec.get("orientation"):
         xforms.append(Orientationd(keys=keys, axcodes=spec["orientation"], labels=None, allow_missing_keys=amk))
     if spec.get("spacing") is not None:
@@ -204,7 +214,7 @@ def build_preprocessing(
         xforms.append(CropForegroundd(keys=keys, source_key=image_key,
                                       select_fn=AboveThreshold(crop.get("threshold", 0.0)),
                                       margin=int(crop.get("margin", 0)), allow_missing_keys=amk))
-    return Compose(xforms)
+    return CheckedCompose(xforms)  # lets PipelineError through unwrapped
 
 
 def build_inference_transforms(
@@ -253,8 +263,8 @@ def build_train_transforms(
 
     Examples:
         >>> t = build_train_transforms("mri_hippocampus", roi_size=(32, 32, 32), num_samples=2)
-        >>> type(t).__name__
-        'Compose'
+        >>> isinstance(t, Compose)
+        True
     """
     keys = tuple(keys)
     if len(keys) < 2:
@@ -289,4 +299,4 @@ def build_train_transforms(
     if intensity_prob > 0:
         xforms += [RandScaleIntensityd(keys=image_key, factors=scale_factor, prob=intensity_prob),
                    RandShiftIntensityd(keys=image_key, offsets=shift_offset, prob=intensity_prob)]
-    return Compose(xforms)
+    return CheckedCompose(xforms)  # lets PipelineError through unwrapped

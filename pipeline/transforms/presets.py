@@ -5,6 +5,7 @@ Schema of one preset (every key optional except ``intensity``):
 
 - ``description``: one line; ``source``: where the numbers come from.
 - ``modality``: ``"CT"`` or ``"MRI"`` (informational).
+- ``channels``: number of image channels the preset is for (checked right after loading); absent/None accepts any.
 - ``orientation``: axcodes for ``Orientationd`` (``"RAS"``), or None to keep the stored orientation (nnU-Net style).
 - ``spacing``: target pixdim in MONAI (x, y, z) order (mm), None to keep the native spacing, or ``"fingerprint"`` to use
   the dataset fingerprint's median spacing.
@@ -32,6 +33,7 @@ PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
         "description": "abdominal CT as in MONAI's BTCV/Swin-UNETR recipes: RAS, 1.5x1.5x2.0 mm, HU -175..250 -> 0..1",
         "source": "MONAI model zoo swin_unetr_btcv_segmentation / research-contributions SwinUNETR/BTCV",
         "modality": "CT",
+        "channels": 1,
         "orientation": "RAS",
         "spacing": [1.5, 1.5, 2.0],
         "intensity": {"type": "window", "a_min": -175.0, "a_max": 250.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
@@ -42,6 +44,7 @@ PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
         "the foreground 0.5/99.5 percentiles then z-score with the foreground mean/std",
         "source": "nnU-Net v1 ExperimentPlanner3D_v21 / CTNormalization, as used by UNETR++ and nnFormer",
         "modality": "CT",
+        "channels": 1,
         "orientation": None,
         "spacing": "fingerprint",
         "intensity": {"type": "nnunet_ct", "lower": None, "upper": None, "mean": None, "std": None},
@@ -61,6 +64,7 @@ PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
         "(intensity scales differ by 4 orders of magnitude between cases)",
         "source": "MSD Task04 (1 mm crops); nnU-Net per-case z-score",
         "modality": "MRI",
+        "channels": 1,
         "orientation": "RAS",
         "spacing": [1.0, 1.0, 1.0],
         "intensity": {"type": "zscore", "nonzero": True, "clip_percentiles": [0.5, 99.5]},
@@ -70,6 +74,7 @@ PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
         "description": "soft-tissue sarcoma CT crops: RAS, 1.0x1.0x3.0 mm, soft-tissue window -160..240 HU -> 0..1",
         "source": "soft-tissue window (W400/L40); spacing near the STS_CT native 0.98x0.98x3.27 mm",
         "modality": "CT",
+        "channels": 1,
         "orientation": "RAS",
         "spacing": [1.0, 1.0, 3.0],
         "intensity": {"type": "window", "a_min": -160.0, "a_max": 240.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
@@ -80,6 +85,7 @@ PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
         "HU -1000..400 -> 0..1, crop to the body",
         "source": "nnU-Net Task006_Lung plans (target spacing 1.24x0.79x0.79 mm z,y,x); lung window",
         "modality": "CT",
+        "channels": 1,
         "orientation": "RAS",
         "spacing": [0.79, 0.79, 1.24],
         "intensity": {"type": "window", "a_min": -1000.0, "a_max": 400.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
@@ -92,7 +98,7 @@ _INTENSITY_KEYS = {
     "nnunet_ct": {"lower", "upper", "mean", "std"},
     "zscore": {"nonzero", "clip_percentiles"},
 }
-_TOP_KEYS = {"description", "source", "modality", "orientation", "spacing", "intensity", "crop_foreground"}
+_TOP_KEYS = {"description", "source", "modality", "channels", "orientation", "spacing", "intensity", "crop_foreground"}
 
 
 def get_preset(preset: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -132,6 +138,9 @@ def validate_preset(spec: Mapping[str, Any], name: str = "<custom>") -> None:
     extra = set(intensity) - _INTENSITY_KEYS[intensity["type"]] - {"type"}
     if extra:
         raise UsageError(f"preset {name}: unknown intensity keys {sorted(extra)} for type {intensity['type']!r}")
+    channels = spec.get("channels")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
+        raise UsageError(f"preset {name}: channels must be a positive integer or None, got {channels!r}")
     crop = spec.get("crop_foreground", False)
     if crop not in (False, None, True) and not (isinstance(crop, Mapping) and set(crop) <= {"threshold", "margin"}):
         raise UsageError(f"preset {name}: crop_foreground must be false or {{'threshold': t, 'margin': m}}")
