@@ -1,0 +1,126 @@
+"""Helpers that bundle configs call in ``$`` expressions: where the bundle and the data are.
+
+A MONAI bundle config cannot see its own file name, and the model zoo works around that by requiring the working
+directory to be the bundle root. :func:`bundle_root` instead finds the config file the running MONAI workflow (or
+``ConfigParser``-based script such as ``ckpt_export``/``verify_net_in_out``) was given, so
+``python -m monai.bundle run --config_file /any/path/bundles/<name>/configs/inference.json`` works from any working
+directory. An explicit ``--bundle_root DIR`` override always wins, because it replaces the expression.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from monai.bundle import ConfigWorkflow
+
+from pipeline.paths import BUNDLES_DIR, find_data_root
+
+__all__ = ["bundle_root", "dataset_dir"]
+
+#: local-variable names that hold the config file(s) in MONAI's bundle entry points (``monai.bundle.scripts``)
+_CONFIG_LOCALS = ("config_file", "config_file_", "_config_files", "config_files")
+
+
+def _as_paths(value: object) -> Iterable[Path]:
+    if isinstance(value, (str, os.PathLike)):
+        text = str(value)
+        if text.startswith("[") and text.endswith("]"):  # a CLI list given as a string
+            for part in text[1:-1].split(","):
+                yield Path(part.strip().strip("'\""))
+        else:
+            yield Path(text)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, (str, os.PathLike)):
+                yield Path(item)
+
+
+def _root_of(config_file: Path) -> Path:
+    folder = config_file.resolve().parent
+    return folder.parent if folder.name == "configs" else folder
+
+
+def bundle_root(name: str | None = None) -> str:
+    """The folder of the bundle whose config is being parsed.
+
+    Looked up, in order: a running ``ConfigWorkflow``'s ``config_root_path``; the ``config_file`` argument of a MONAI
+    bundle function on the call stack; ``bundles/<name>`` of this project; the working directory.
+
+    Args:
+        name: the bundle's folder name, used for the project fallback.
+
+    Examples:
+        >>> import os; os.path.isdir(bundle_root())
+        True
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            local = frame.f_locals
+            owner = local.get("self")
+            if isinstance(owner, ConfigWorkflow) and getattr(owner, "config_root_path", None) is not None:
+                folder = Path(owner.config_root_path).resolve()
+                return str(folder.parent if folder.name == "configs" else folder)
+            for key in _CONFIG_LOCALS:
+                for path in _as_paths(local.get(key)):
+                    if path.suffix in (".json", ".yaml", ".yml") and path.is_file():
+                        return str(_root_of(path))
+            frame = frame.f_back
+    finally:
+        del frame
+    if name and (BUNDLES_DIR / name).is_dir():
+        return str(BUNDLES_DIR / name)
+    return os.getcwd()
+
+
+def dataset_dir(name: str) -> str:
+    """``<data root>/<name>`` (``$MEDSEG_DATA``, else ``../shared/data``), or ``./data/<name>`` when there is none.
+
+    Examples:
+        >>> dataset_dir("Task04_Hippocampus").endswith("Task04_Hippocampus")
+        True
+    """
+    root = find_data_root()
+    return str((root if root is not None else Path.cwd() / "data") / name)
+
+
+_TRAIN_NAMES = ("training", "train")
+_VAL_NAMES = ("validation", "val", "test")
+
+
+def split_datalist(dataset: str | os.PathLike, which: str = "training", val_fraction: float = 0.2) -> list[dict]:
+    """The ``which`` ("training" or "validation") datalist of a labelled dataset folder.
+
+    Uses :func:`pipeline.data.readers.read_dataset` (which knows MSD, BTCV ``dataset_0.json``, Synapse RawData with
+    the official 18/12 split, nnU-Net...). When the folder defines no labelled validation split, the last
+    ``val_fraction`` of the sorted training cases (at least one) is held out, so the two lists never overlap.
+
+    Args:
+        dataset: the dataset folder.
+        which: ``"training"`` or ``"validation"``.
+        val_fraction: held-out fraction when the dataset has no validation split.
+    """
+    from pipeline.data.readers import read_dataset
+
+    if which not in ("training", "validation"):
+        raise ValueError(f"which must be 'training' or 'validation', got {which!r}")
+    splits = read_dataset(dataset).splits
+
+    def labelled(names: tuple[str, ...]) -> list[dict]:
+        for name in names:
+            items = [d for d in splits.get(name, []) if d.get("label")]
+            if items:
+                return items
+        return []
+
+    train, val = labelled(_TRAIN_NAMES), labelled(_VAL_NAMES)
+    if not train and not val:
+        train = labelled(("all",))
+    if not val:
+        ordered = sorted(train, key=lambda d: str(d["image"]))
+        n_val = max(1, int(round(len(ordered) * val_fraction))) if len(ordered) > 1 else 0
+        train, val = ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val:]
+    return train if which == "training" else val

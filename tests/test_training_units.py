@@ -1,0 +1,150 @@
+"""Unit tests of the training pieces: loss, optimizer presets, poly LR, resumable checkpoints, overrides, bundle_root."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from pipeline.errors import ModelError, UsageError
+from pipeline.training import (
+    DiceCEDeepSupervisionLoss,
+    EpochSeeder,
+    ResumableCheckpoint,
+    build_optimizer,
+    build_poly_scheduler,
+    deep_supervision_weights,
+    poly_lr,
+)
+from pipeline.training.bundle import bundle_root, split_datalist
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.cli import parse_overrides
+
+
+def test_deep_supervision_weights_and_loss():
+    assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    loss = DiceCEDeepSupervisionLoss()
+    label = torch.zeros(1, 1, 8, 8, 8)
+    label[:, :, 2:6, 2:6, 2:6] = 1
+    perfect = torch.cat([10 * (1 - label), 10 * label], 1)
+    bad = -perfect
+    assert loss(perfect, label) < 0.01 < loss(bad, label)
+    # coarse heads get nearest-resized targets; a list is the weighted sum of the per-scale losses
+    coarse = torch.nn.functional.interpolate(perfect, size=(4, 4, 4), mode="nearest")
+    ds = loss([bad, coarse], label)
+    expected = 2 / 3 * loss(bad, label) + 1 / 3 * loss(coarse, torch.nn.functional.interpolate(label, size=(4, 4, 4)))
+    assert ds == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="label map"):
+        loss(perfect, torch.zeros(1, 2, 8, 8, 8))
+
+
+def test_optimizer_presets_and_poly_lr():
+    net = torch.nn.Linear(3, 1)
+    sgd = build_optimizer(net, "sgd_nnunet")
+    assert sgd.defaults["momentum"] == 0.99 and sgd.defaults["nesterov"] and sgd.defaults["lr"] == 0.01
+    adamw = build_optimizer(net.parameters(), "adamw", lr=3e-4)
+    assert type(adamw).__name__ == "AdamW" and adamw.defaults["lr"] == 3e-4
+    with pytest.raises(ValueError, match="unknown optimizer preset"):
+        build_optimizer(net, "lion")
+    sched = build_poly_scheduler(sgd, max_epochs=10)
+    for epoch in range(1, 10):
+        sgd.step()
+        sched.step()
+        assert sgd.param_groups[0]["lr"] == pytest.approx(poly_lr(epoch, 10, 0.01))
+
+
+def _engine(net, opt, sched):
+    def step(engine, batch):
+        opt.zero_grad()
+        loss = net(torch.randn(4, 3)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
+    return engine
+
+
+def test_checkpoint_roundtrip_keeps_previous_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    opt = build_optimizer(net, "sgd_nnunet")
+    sched = build_poly_scheduler(opt, 4)
+    engine = _engine(net, opt, sched)
+    ResumableCheckpoint(tmp_path, {"model": net, "optimizer": opt, "lr_scheduler": sched}).attach(engine)
+    EpochSeeder(seed=3).attach(engine)
+    engine.run(range(5), max_epochs=2)
+    ckpt, path = load_checkpoint(tmp_path)
+    assert path.name == "checkpoint.pt" and ckpt["trainer"]["epoch"] == 2 and ckpt["trainer"]["iteration"] == 10
+    prev = torch.load(tmp_path / "checkpoint_prev.pt", weights_only=True)
+    assert prev["trainer"]["epoch"] == 1
+    # a fresh process state resumes and continues with epochs 3-4
+    net2 = torch.nn.Linear(3, 1)
+    opt2 = build_optimizer(net2, "sgd_nnunet")
+    sched2 = build_poly_scheduler(opt2, 4)
+    engine2 = _engine(net2, opt2, sched2)
+    ck = ResumableCheckpoint(tmp_path, {"model": net2, "optimizer": opt2, "lr_scheduler": sched2}, resume=True)
+    ck.attach(engine2)
+    started = []
+    engine2.add_event_handler(Events.EPOCH_STARTED, lambda e: started.append(e.state.epoch))
+    engine2.run(range(5), max_epochs=4)
+    assert ck.loaded_from is not None and started == [3, 4]
+    assert sched2.last_epoch == 4
+    # a truncated newest checkpoint falls back to the previous one
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    assert load_checkpoint(tmp_path)[1].name == "checkpoint_prev.pt"
+    (tmp_path / "checkpoint_prev.pt").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="cannot read the training checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_checkpoint_that_does_not_fit_is_a_model_error(tmp_path):
+    net = torch.nn.Linear(3, 1)
+    engine = Engine(lambda e, b: None)
+    ResumableCheckpoint(tmp_path, {"model": net}).attach(engine)
+    engine.run([0], max_epochs=1)
+    other = torch.nn.Linear(4, 1)
+    engine2 = Engine(lambda e, b: None)
+    ResumableCheckpoint(tmp_path, {"model": other}, resume=True).attach(engine2)
+    with pytest.raises(ModelError, match="does not fit"):
+        engine2.run([0], max_epochs=2)
+
+
+def test_parse_overrides():
+    assert parse_overrides(["a#b=2", "c=[1, 2]", "d=text", "e=$torch.device('cpu')"]) == {
+        "a#b": 2, "c": [1, 2], "d": "text", "e": "$torch.device('cpu')"}
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        parse_overrides(["novalue"])
+
+
+def test_bundle_root_follows_the_config_file(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    bundle = tmp_path / "my_bundle"
+    (bundle / "configs").mkdir(parents=True)
+    cfg = {"imports": ["$import pipeline", "$import pipeline.training.bundle"],
+           "bundle_root": "$pipeline.training.bundle.bundle_root('unknown_name')", "run": ["$@bundle_root"]}
+    (bundle / "configs" / "inference.json").write_text(json.dumps(cfg))
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        wf = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"), workflow_type="infer",
+                            logging_file=False, meta_file=None)
+        wf.initialize()
+        assert wf.run() == [str(bundle.resolve())]
+    finally:
+        os.chdir(old)
+    # outside any MONAI workflow: the project's bundle of that name, else the working directory
+    assert bundle_root("unetrpp_hippocampus_mri_segmentation").endswith("unetrpp_hippocampus_mri_segmentation")
+    assert bundle_root("no_such_bundle") == os.getcwd()
+
+
+def test_split_datalist_holds_out_cases_when_there_is_no_validation_split(shared_data):
+    train = split_datalist(shared_data / "STS_CT", "training")
+    val = split_datalist(shared_data / "STS_CT", "validation")
+    assert len(train) + len(val) == 24 and len(val) == 5
+    assert not {d["image"] for d in train} & {d["image"] for d in val}
