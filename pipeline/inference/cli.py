@@ -1,0 +1,128 @@
+"""``medseg infer``: sliding-window inference on a file, a folder, or DICOM series, one machine or many (torchrun).
+
+Examples (shell)::
+
+    medseg infer --model bundles/unetrpp_sts_ct_segmentation --input scans/ --output preds/
+    medseg infer --model unetrpp_synapse --checkpoint w.pt --preprocessing ct_abdomen --input ct.nii.gz --output out/
+    torchrun --nproc_per_node 2 -m pipeline infer --model BUNDLE --input scans/ --output preds/ --quiet
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the cases are sharded ``cases[rank::world]`` across ranks (gloo on CPU, nccl
+on GPU); every rank returns the same exit code: 0, or 1 if any case failed on any rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from pipeline.errors import EXIT_CASES_FAILED, UsageError
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``infer`` sub-command."""
+    p = subparsers.add_parser(
+        "infer",
+        help="segment images with a bundle or a preset + checkpoint (sliding window)",
+        description="Segment NIfTI/NRRD files or DICOM series; writes <case>.nii.gz (input shape and affine) and a "
+        "<case>.json sidecar per case. Existing outputs are skipped unless --overwrite.",
+    )
+    p.add_argument("--model", required=True, help="bundle directory, or a network preset name (then --checkpoint "
+                   "and --preprocessing are required)")
+    p.add_argument("--input", required=True, help="image file, folder of images, DICOM series folder, or folder of "
+                   "DICOM series folders")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--checkpoint", help="weights file (state dict); default <bundle>/models/model.pt")
+    p.add_argument("--preprocessing", help="preprocessing preset for a preset model (e.g. ct_abdomen)")
+    p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size (x y z)")
+    p.add_argument("--device", default=None, help="network device (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--stitch-device", default=None, help="device holding the stitched volume (e.g. cpu while the "
+                   "network runs on cuda); default: same as --device")
+    p.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the model's, 0.5)")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per network call")
+    p.add_argument("--mode", choices=("gaussian", "constant"), default=None, help="blending (default: the model's)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips, nnU-Net)")
+    p.add_argument("--streaming", action="store_true", help="streaming argmax: bounded memory for large volumes "
+                   "(labels are resampled with nearest neighbour)")
+    p.add_argument("--resample", choices=("probabilities", "labels"), default="probabilities",
+                   help="back to the original grid: resample probabilities then argmax (default), or nearest-"
+                   "neighbour resampling of the labels")
+    p.add_argument("--skip-background", choices=("off", "auto", "air", "zero"), default="off",
+                   help="skip windows entirely outside the body: air (CT, below --air-threshold HU), zero (MRI "
+                   "background), auto (from the model's modality)")
+    p.add_argument("--air-threshold", type=float, default=-500.0, help="HU below which CT voxels are air")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast for the network (CUDA only; ignored on CPU)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    p.add_argument("--postprocess", choices=("largest-component",), default=None,
+                   help="keep the largest connected component of each class")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _distributed() -> tuple[int, int, Any]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), dist
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``medseg infer``; returns 0, or 1 when any case failed."""
+    import torch
+
+    from pipeline.data.inputs import list_inference_inputs
+    from pipeline.inference.loading import load_model
+    from pipeline.inference.runner import InferenceSettings, infer_cases
+
+    rank, world, dist = _distributed()
+    try:
+        device = args.device
+        if device is None:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        settings = InferenceSettings(
+            overlap=args.overlap,
+            sw_batch_size=args.sw_batch_size,
+            mode=args.mode,
+            tta=args.tta,
+            streaming=args.streaming,
+            resample=args.resample,
+            skip_background=args.skip_background,
+            air_threshold=args.air_threshold,
+            device=args.stitch_device,
+            sw_device=device,
+            amp=args.amp,
+            save_probabilities=args.save_probabilities,
+            postprocess=args.postprocess,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
+        settings.validate()
+        cases = list_inference_inputs(args.input)
+        model = load_model(args.model, args.checkpoint, device, preprocessing=args.preprocessing, roi_size=args.roi)
+        results = infer_cases(cases, model, args.output, settings, rank=rank, world_size=world)
+        failed = sum(r.status == "failed" for r in results)
+        ok = sum(r.status == "ok" for r in results)
+        skipped = sum(r.status == "skipped" for r in results)
+        if dist is not None:
+            counts = torch.tensor([ok, skipped, failed], dtype=torch.int64)
+            dist.all_reduce(counts)
+            ok, skipped, failed = (int(v) for v in counts)
+        if rank == 0:
+            print(f"infer: {ok} written, {skipped} skipped (exist), {failed} failed -> {args.output}", file=sys.stderr)
+        return EXIT_CASES_FAILED if failed else 0
+    finally:
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()

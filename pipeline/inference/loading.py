@@ -1,0 +1,286 @@
+"""Loading a model for inference: a MONAI bundle directory, or a network preset + checkpoint + preprocessing preset.
+
+A bundle supplies everything through ``configs/inference.json`` (``network_def``, ``preprocessing``, ``inferer``)
+plus ``configs/metadata.json`` (``channel_def``, modality) and the weights ``models/model.pt``. A preset needs the
+checkpoint and the preprocessing preset named explicitly; its window comes from the preset (or ``roi_size=``).
+
+Examples:
+    >>> from pipeline.inference import load_model
+    >>> m = load_model("bundles/unetrpp_sts_ct_segmentation")  # doctest: +SKIP
+    >>> m.roi_size, m.out_channels  # doctest: +SKIP
+    ((96, 96, 32), 2)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.transforms import Compose
+
+from pipeline.errors import ModelError, UsageError
+
+__all__ = ["LoadedModel", "load_model", "load_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_KEYS = ("model", "state_dict", "network", "model_state_dict", "net")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference and everything needed to run it on raw images.
+
+    Attributes:
+        network: the network in eval mode on ``device``; takes MONAI (x, y, z) tensors.
+        preprocessing: a Compose that starts with ``LoadImaged`` for key ``image`` and is invertible with
+            ``Invertd(keys="pred", transform=preprocessing, orig_keys="image")``.
+        roi_size: window size in MONAI (x, y, z) order.
+        overlap, sw_batch_size, mode: sliding-window defaults (from the bundle's inferer, else 0.5 / 1 / gaussian).
+        out_channels: number of output classes, when known.
+        channel_def: class index -> name, when known.
+        modality: "CT", "MRI"... when known (chooses the window-skipping criterion).
+        name: bundle folder name or preset name.
+        source: where it came from (bundle path, or "preset:<name>").
+        checkpoint: the weights file used.
+        device: where the network lives.
+    """
+
+    network: nn.Module
+    preprocessing: Compose
+    roi_size: tuple[int, ...]
+    overlap: float = 0.5
+    sw_batch_size: int = 1
+    mode: str = "gaussian"
+    out_channels: int | None = None
+    channel_def: dict[int, str] = field(default_factory=dict)
+    modality: str | None = None
+    name: str = ""
+    source: str = ""
+    checkpoint: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly summary for sidecars."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "checkpoint": self.checkpoint,
+            "roi_size": list(self.roi_size),
+            "out_channels": self.out_channels,
+            "channel_def": {str(k): v for k, v in self.channel_def.items()},
+            "modality": self.modality,
+            "network": type(self.network).__name__,
+            "parameters": int(sum(p.numel() for p in self.network.parameters())),
+        }
+
+
+def _unwrap_state(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise ModelError(f"checkpoint holds a {type(obj).__name__}, expected a state dict", path=path)
+    for key in _STATE_KEYS:
+        if key in obj and isinstance(obj[key], Mapping):
+            return _unwrap_state(obj[key], path)
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"checkpoint is not a state dict (keys: {', '.join(list(map(str, obj))[:6])})", path=path)
+    if obj and all(str(k).startswith("module.") for k in obj):  # saved from DistributedDataParallel
+        return {str(k)[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
+    """Load a plain (optionally nested under ``model``/``state_dict``) state dict into ``network`` strictly.
+
+    Raises:
+        ModelError: the file is missing, unreadable, or its keys/shapes do not fit the network.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ModelError("checkpoint not found", path=path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+        raise ModelError(f"unreadable checkpoint ({type(exc).__name__}: {exc})", path=path) from exc
+    state = _unwrap_state(obj, path)
+    try:
+        result = network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise ModelError(f"checkpoint does not fit {type(network).__name__}: {first}", path=path) from exc
+    del result
+    return network
+
+
+def _bundle_config_file(bundle: Path) -> Path | None:
+    for name in ("inference.json", "inference.yaml", "inference.yml"):
+        f = bundle / "configs" / name
+        if f.is_file():
+            return f
+    return None
+
+
+def _load_bundle(bundle: Path, checkpoint: str | os.PathLike | None, device: torch.device) -> LoadedModel:
+    from monai.bundle import ConfigParser
+
+    cfg = _bundle_config_file(bundle)
+    if cfg is None:
+        raise ModelError("not a MONAI bundle: configs/inference.json is missing", path=bundle)
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(cfg))
+        meta_file = bundle / "configs" / "metadata.json"
+        if meta_file.is_file():
+            parser.read_meta(str(meta_file))
+        parser["bundle_root"] = str(bundle)
+        parser["device"] = f"$torch.device('{device}')"
+        network = parser.get_parsed_content("network_def")
+        preprocessing = parser.get_parsed_content("preprocessing")
+        inferer = parser.get_parsed_content("inferer") if "inferer" in parser else None
+    except Exception as exc:  # noqa: BLE001 - config errors surface as one line naming the file
+        raise ModelError(f"cannot build the bundle's network/preprocessing/inferer ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]})", path=cfg) from exc
+    if not isinstance(network, nn.Module):
+        raise ModelError(f"network_def builds a {type(network).__name__}, not a torch module", path=cfg)
+    ckpt = Path(checkpoint) if checkpoint else bundle / "models" / "model.pt"
+    if not ckpt.is_file():
+        raise ModelError("no weights: models/model.pt is missing (train the bundle or pass --checkpoint)", path=ckpt)
+    load_checkpoint(network, ckpt)
+    roi = getattr(inferer, "roi_size", None)
+    if roi is None:
+        shape = parser.get("_meta_#network_data_format#inputs#image#spatial_shape")
+        if shape and all(isinstance(s, int) for s in shape):
+            roi = shape
+    if roi is None:
+        raise ModelError("the bundle names no window size (inferer roi_size or metadata spatial_shape)", path=cfg)
+    meta = parser.get("_meta_", {}) or {}
+    fmt = (meta.get("network_data_format") or {}) if isinstance(meta, Mapping) else {}
+    out = ((fmt.get("outputs") or {}).get("pred") or {})
+    inp = ((fmt.get("inputs") or {}).get("image") or {})
+    channel_def = {int(k): str(v) for k, v in (out.get("channel_def") or {}).items()}
+    out_channels = out.get("num_channels") or (len(channel_def) or None)
+    overlap = getattr(inferer, "overlap", 0.5)
+    mode = getattr(inferer, "mode", "gaussian")
+    return LoadedModel(
+        network=network.to(device).eval(),
+        preprocessing=preprocessing,
+        roi_size=tuple(int(r) for r in roi),
+        overlap=float(overlap[0] if isinstance(overlap, Sequence) else overlap),
+        sw_batch_size=int(getattr(inferer, "sw_batch_size", 1) or 1),
+        mode=str(getattr(mode, "value", mode)),
+        out_channels=int(out_channels) if out_channels else None,
+        channel_def=channel_def,
+        modality=inp.get("modality"),
+        name=bundle.name,
+        source=str(bundle),
+        checkpoint=str(ckpt),
+        device=device,
+    )
+
+
+def _load_preset(
+    name: str,
+    checkpoint: str | os.PathLike | None,
+    device: torch.device,
+    preprocessing: str | Mapping[str, Any] | Compose | None,
+    roi_size: Sequence[int] | None,
+    overrides: Mapping[str, Any] | None,
+) -> LoadedModel:
+    from pipeline.networks import create_network, get_preset, list_networks
+
+    try:
+        preset = get_preset(name)
+    except KeyError:
+        raise UsageError(f"--model {name!r} is neither a bundle directory nor a network preset; "
+                         f"known presets: {', '.join(list_networks())}") from None
+    if checkpoint is None:
+        raise UsageError(f"--model {name} is a preset: pass --checkpoint FILE with its trained weights")
+    if preprocessing is None:
+        raise UsageError(f"--model {name} is a preset: pass --preprocessing PRESET (e.g. ct_abdomen, mri_hippocampus)")
+    kwargs = dict(overrides or {})
+    if preset.axes == "zyx":
+        kwargs.setdefault("input_order", "xyz")  # MONAI (x, y, z) tensors in and out, same state_dict keys
+    if roi_size is None:
+        if preset.roi_size is None:
+            raise UsageError(f"preset {name} has no fixed window: pass --roi X Y Z")
+        roi = tuple(preset.roi_size)
+        roi = roi[::-1] if preset.axes == "zyx" else roi
+    else:
+        roi = tuple(int(r) for r in roi_size)
+    try:
+        network = create_network(name, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"preset {name}: {exc}") from exc
+    load_checkpoint(network, checkpoint)
+    if isinstance(preprocessing, Compose):
+        pre = preprocessing
+        pre_name = "custom"
+    else:
+        from pipeline.transforms import build_preprocessing
+
+        pre = build_preprocessing(preprocessing, keys=("image",))
+        pre_name = preprocessing if isinstance(preprocessing, str) else "custom"
+    modality = None
+    if isinstance(preprocessing, str):
+        from pipeline.transforms import PREPROCESSING_PRESETS
+
+        modality = PREPROCESSING_PRESETS.get(preprocessing, {}).get("modality")
+    out_channels = kwargs.get("out_channels", preset.kwargs.get("out_channels"))
+    return LoadedModel(
+        network=network.to(device).eval(),
+        preprocessing=pre,
+        roi_size=roi,
+        out_channels=int(out_channels) if out_channels else None,
+        modality=modality,
+        name=name,
+        source=f"preset:{name} preprocessing:{pre_name}",
+        checkpoint=str(checkpoint),
+        device=device,
+    )
+
+
+def load_model(
+    model: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    preprocessing: str | Mapping[str, Any] | Compose | None = None,
+    roi_size: Sequence[int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    """Load a bundle directory, or a preset name with a checkpoint and a preprocessing preset.
+
+    Args:
+        model: a bundle directory (holding ``configs/inference.json``) or a network preset name.
+        checkpoint: weights; default ``<bundle>/models/model.pt`` for bundles, required for presets.
+        device: where the network runs.
+        preprocessing: preprocessing preset name/dict (or a ready Compose) for presets; ignored for bundles.
+        roi_size: window size (x, y, z); overrides the bundle's/preset's.
+        overrides: constructor arguments for the preset network (e.g. ``{"out_channels": 3}``).
+
+    Returns:
+        a :class:`LoadedModel`.
+
+    Raises:
+        UsageError: unknown preset or a missing option. ModelError: bad bundle config or checkpoint.
+    """
+    device = torch.device(device)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        loaded = _load_bundle(path, checkpoint, device)
+    elif os.sep in str(model) or str(model).startswith("."):
+        raise UsageError(f"--model {model}: no such bundle directory")
+    else:
+        loaded = _load_preset(str(model), checkpoint, device, preprocessing, roi_size, overrides)
+    if roi_size is not None:
+        loaded.roi_size = tuple(int(r) for r in roi_size)
+    if len(loaded.roi_size) != 3:
+        raise UsageError(f"window size {loaded.roi_size} must have 3 values (x y z)")
+    return loaded
