@@ -310,6 +310,10 @@ def run_benchmark(opts: BenchmarkOptions) -> tuple[BenchmarkReport, dict[str, Pa
             except PipelineError as exc:
                 res.status, res.error = "failed", str(exc)
                 logger.warning("case %s failed: %s", case, exc)
+            except (RuntimeError, ValueError, MemoryError, OSError) as exc:  # one case must not cost the batch
+                msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+                res.status, res.error = "failed", f"{item['image']}: {type(exc).__name__}: {msg}"
+                logger.warning("case %s failed: %s", case, res.error)
             cases.append(res)
     report = BenchmarkReport(
         bundle=bundle_dir.name,

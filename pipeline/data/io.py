@@ -227,7 +227,7 @@ def quiet_reader_registration() -> Iterator[None]:
 
 
 def make_load_imaged(keys: Sequence[str], **kwargs: Any) -> Any:
-    """:class:`CheckedLoadImaged` with our reader list (NIfTI -> nibabel, NRRD/MHA/DICOM -> SimpleITK), built quietly."""
+    """:class:`CheckedLoadImaged` with our readers (NIfTI -> nibabel, NRRD/MHA/DICOM -> SimpleITK), built quietly."""
     with quiet_reader_registration():
         return CheckedLoadImaged(keys=keys, reader=image_readers(), image_only=True, **kwargs)
 
@@ -308,6 +308,10 @@ class CheckedLoadImaged(LoadImaged):
         InputDataError: missing.nii.gz: file not found
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _select_by_suffix(self._loader)
+
     def __call__(self, data: Any, reader: Any = None) -> Any:
         from pipeline.data.resources import check_load_memory
 
@@ -333,12 +337,23 @@ class CheckedLoadImaged(LoadImaged):
                                  path=culprit) from exc
 
 
+def _select_by_suffix(loader: Any) -> None:
+    """Make a ``LoadImage`` pick its reader by suffix (our SimpleITKReader and NibabelReader are checked first).
+
+    With an explicit reader list MONAI otherwise *tries* every registered reader in turn: a NIfTI file first goes to
+    SimpleITKReader (an INFO log line "unable to load" each time), and a corrupt file is retried by pydicom, PIL,
+    numpy... whose last error then hides the real one.
+    """
+    loader.auto_select = True
+
+
 def _unreadable(path: str | os.PathLike) -> bool:
     return not describe_read_error(path).startswith("unreadable or corrupt image (unknown")
 
 
 def image_readers() -> list[ImageReader]:
-    """The reader list for ``LoadImage``/``LoadImaged``: SimpleITK is tried first and refuses NIfTI, nibabel reads it."""
+    """The reader list for ``LoadImage``/``LoadImaged``: chosen by suffix (:func:`_select_by_suffix`), NIfTI goes to
+    nibabel, NRRD/MHA/DICOM series folders to SimpleITK."""
     return [NibabelReader(), SimpleITKReader()]
 
 
@@ -348,8 +363,10 @@ def _loader(ensure_channel_first: bool, dtype: str | None) -> Any:
     from monai.transforms import LoadImage
 
     with quiet_reader_registration():
-        return LoadImage(reader=image_readers(), image_only=True, ensure_channel_first=ensure_channel_first,
-                         dtype=None if dtype is None else np.dtype(dtype))
+        loader = LoadImage(reader=image_readers(), image_only=True, ensure_channel_first=ensure_channel_first,
+                           dtype=None if dtype is None else np.dtype(dtype))
+    _select_by_suffix(loader)
+    return loader
 
 
 def load_volume(path: str | os.PathLike, *, dtype: Any = np.float32, ensure_channel_first: bool = True) -> MetaTensor:

@@ -74,16 +74,52 @@ def run_bundle_workflow(bundle: str | Path, configs: list[str], workflow_type: s
     workflow = ConfigWorkflow(config_file=files, workflow_type=workflow_type, **overrides)
     try:
         workflow.initialize()
+        missing = workflow.check_properties()
     except Exception as exc:  # noqa: BLE001 - config errors surface as one line
-        raise ModelError(f"cannot initialise the workflow: {type(exc).__name__}: {exc}", path=files[0]) from exc
-    missing = workflow.check_properties()
+        err = _one_line(exc, files[0], "cannot initialise the workflow")
+        if err.__cause__ is not None:
+            raise err  # noqa: B904 - a PipelineError from the chain keeps its own cause
+        raise err from exc
     if missing:
         raise ModelError(f"bundle config misses required properties: {', '.join(missing)}", path=files[0])
     try:
         workflow.run()
+    except Exception as exc:  # noqa: BLE001 - MONAI wraps everything in RuntimeError("Failed to ...")
+        err = _one_line(exc, files[0], "the workflow failed", config_only=True)
+        if err is None:
+            raise
+        if err.__cause__ is not None:
+            raise err  # noqa: B904 - a PipelineError from the chain keeps its own cause
+        raise err from exc
     finally:
         workflow.finalize()
     return 0
+
+
+#: phrases of monai.bundle's resolver errors: a config that names an id it does not define
+_CONFIG_ERRORS = ("is not defined in the config content", "is not found in the config resolver", "query key:")
+
+
+def _one_line(exc: BaseException, config: str, what: str, *, config_only: bool = False) -> Exception | None:
+    """The user-facing error behind ``exc``: a PipelineError found in its cause chain (an unreadable case names its
+    file, a checkpoint that does not fit names its layers), else a :class:`ModelError` naming ``config`` for config
+    resolution errors; ``config_only`` returns None for anything else (a genuine bug keeps its traceback)."""
+    from pipeline.errors import PipelineError
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, PipelineError):
+            cur.__suppress_context__ = True
+            return cur
+        text = " ".join(str(cur).split())
+        if isinstance(cur, (KeyError, ValueError)) and any(p in text for p in _CONFIG_ERRORS):
+            return ModelError(f"{what}: bundle config error: {text[:300]}", path=config)
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    if config_only:
+        return None
+    return ModelError(f"{what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}", path=config)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
