@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (e.g. ``kill``, a batch scheduler's time limit) unwinds like Ctrl-C: temporary files are removed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
@@ -63,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    try:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (e.g. main() called from a worker thread): keep the default
+        pass
     try:
         return int(args.func(args) or 0)
     except PipelineError as exc:
