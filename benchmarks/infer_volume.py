@@ -1,13 +1,14 @@
 """Benchmark: plain MONAI ``sliding_window_inference`` + ``argmax`` vs our :class:`SlidingWindowEngine`.
 
-Same network (a small deterministic conv net, so the run takes minutes on a CPU), same window, overlap, Gaussian
+Same network (a small deterministic conv net, so the run takes minutes on a CPU; ``channels_last_3d`` weights by
+default, one module object shared by every method; ``--no-channels-last`` keeps NCDHW), same window, overlap, Gaussian
 blending and sw_batch_size. Two parts:
 
 1. the real CT cases of ``../shared/data`` (STS_CT, BTCV_like, Task06_Lung_sample), preprocessed with the
    ``ct_abdomen`` preset (outside the timing); wall time (median of ``--repeats``, methods interleaved) and agreement
    (fraction of voxels whose label equals MONAI's);
 2. a synthetic CT-like 512x512x300 volume with 14 classes; each method runs in its own subprocess, which reports its
-   peak RSS (``ru_maxrss``) and wall time, and saves its labels for the agreement check.
+   peak RSS (``VmHWM``) and wall time, and saves its labels for the agreement check.
 
 Methods: ``monai`` (sliding_window_inference then argmax), ``engine`` (our blended path, labels by channel argmax),
 ``stream`` (our streaming argmax), ``stream+skip`` (streaming, windows entirely in air skipped: labels differ only
@@ -49,10 +50,12 @@ METHODS = ("monai", "engine", "stream", "stream+skip")
 class SmallNet(nn.Sequential):
     """Conv3d(1->f, 3) -> ReLU -> Conv3d(f->classes, 1): cheap, deterministic from a seed."""
 
-    def __init__(self, out_channels: int = 14, features: int = 4, seed: int = 0) -> None:
+    def __init__(self, out_channels: int = 14, features: int = 4, seed: int = 0, channels_last: bool = False) -> None:
         torch.manual_seed(seed)
         super().__init__(nn.Conv3d(1, features, 3, padding=1), nn.ReLU(), nn.Conv3d(features, out_channels, 1))
         self.eval()
+        if channels_last:  # oneDNN's channels-last 3-D convolutions; the same module is given to every method
+            self.to(memory_format=torch.channels_last_3d)
 
 
 def run_method(method: str, x: torch.Tensor, net: nn.Module, roi: Sequence[int], overlap: float, sw: int) -> torch.Tensor:
@@ -129,7 +132,7 @@ def _worker(args: argparse.Namespace) -> int:
     """Subprocess: run one method on the synthetic volume, save labels, print JSON with time and peak RSS."""
     torch.set_num_threads(args.threads)
     x = synthetic_ct(args.size)
-    net = SmallNet(14, args.features)
+    net = SmallNet(14, args.features, channels_last=args.channels_last)
     t = time.perf_counter()
     labels = run_method(args.worker, x, net, args.roi, args.overlap, args.sw_batch_size)
     seconds = time.perf_counter() - t
@@ -182,7 +185,7 @@ def bench_large(args, tmp: Path) -> list[dict]:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", m, "--labels-out", str(out),
                "--size", *map(str, args.size), "--roi", *map(str, args.roi_large), "--overlap", str(args.overlap_large),
                "--sw-batch-size", str(args.sw_batch_size), "--features", str(args.features),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), *([] if args.channels_last else ["--no-channels-last"])]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         if not args.parallel:
             proc.wait()
@@ -243,6 +246,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--features", type=int, default=4, help="hidden channels of the benchmark net")
     p.add_argument("--size", type=int, nargs=3, default=[512, 512, 300], help="synthetic volume size")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep the benchmark net in the default NCDHW layout (default: channels_last_3d weights, "
+                   "applied to the one network every method uses)")
     p.add_argument("--cases-per-dataset", type=int, default=None, help="first N cases of each dataset (default all)")
     p.add_argument("--large-methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="methods run on the synthetic volume (monai first)")
@@ -277,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = real_ct_volumes(args.quick, args.cases_per_dataset)
         n_cases = len(cases)
         if cases:
-            real_rows = bench_real(cases, SmallNet(14, args.features), args.roi, args.overlap, args.sw_batch_size,
+            real_rows = bench_real(cases, SmallNet(14, args.features, channels_last=args.channels_last), args.roi, args.overlap, args.sw_batch_size,
                                    args.repeats)
     if not args.skip_large:
         with tempfile.TemporaryDirectory() as tmp:
@@ -295,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads} "
             "(machine shared with other jobs: compare ratios within this run only)",
             f"- torch {torch.__version__}, monai {monai.__version__}, python {platform.python_version()}",
-            f"- network: Conv3d(1->{args.features}, 3x3x3) -> ReLU -> Conv3d({args.features}->14, 1x1x1), seed 0", "",
+            f"- network: Conv3d(1->{args.features}, 3x3x3) -> ReLU -> Conv3d({args.features}->14, 1x1x1), seed 0, "
+            f"{'channels_last_3d' if args.channels_last else 'NCDHW'} weights (the same module for every method)", "",
             table,
         ])
         with atomic_path(args.out) as tmp:

@@ -190,3 +190,39 @@ def test_torchrun_two_processes_equal_single_process(shared_data, ct_bundle, tmp
         assert np.allclose(a.affine, b.affine)
         ranks.add(__import__("json").loads((multi / img.name.replace(".nii.gz", ".json")).read_text())["rank"])
     assert ranks == {0, 1}  # both ranks did work
+
+
+def test_failing_rank_still_joins_the_final_exchange(monkeypatch, capsys):
+    """A rank that raises must still enter all_reduce (else the other ranks hang), then report its own error."""
+    import torch
+
+    from pipeline.errors import ModelError
+    from pipeline.inference import cli as infer_cli
+
+    calls = []
+
+    class FakeDist:
+        @staticmethod
+        def all_reduce(t):
+            calls.append(t.tolist())
+            t += torch.tensor([3, 0, 1, 0])  # the other rank: 3 written, 1 failed case, no rank error
+
+        @staticmethod
+        def is_initialized():
+            return False
+
+    def boom(args, rank, world):
+        raise ModelError("cannot read weights", path="w.pt")
+
+    monkeypatch.setattr(infer_cli, "_distributed", lambda: (1, 2, FakeDist))
+    monkeypatch.setattr(infer_cli, "_run_rank", boom)
+    args = __import__("argparse").Namespace(output="out")
+    with pytest.raises(ModelError, match="cannot read weights"):
+        infer_cli.run(args)
+    assert calls == [[0, 0, 0, 1]]  # joined, with its failure flag
+    # the healthy rank 0 sees the other rank's failure and exits non-zero
+    monkeypatch.setattr(infer_cli, "_distributed", lambda: (0, 2, FakeDist))
+    monkeypatch.setattr(infer_cli, "_run_rank", lambda args, rank, world: (2, 0, 0))
+    FakeDist.all_reduce = staticmethod(lambda t: t.add_(torch.tensor([0, 0, 0, 1])))
+    assert infer_cli.run(args) == 1
+    assert "1 of 2 ranks stopped with an error" in capsys.readouterr().err

@@ -39,13 +39,14 @@ def test_blended_output_equals_monai(shape, roi, overlap, mode, bs):
 
 
 @pytest.mark.parametrize("shape,roi,overlap,mode,bs", GEOMETRIES)
-@pytest.mark.parametrize("axis", [None, 0, 1, 2])
-def test_streaming_labels_equal_straightforward_argmax(shape, roi, overlap, mode, bs, axis):
+@pytest.mark.parametrize("axis,row_bytes", [(None, 0), (0, 0), (1, 0), (2, 0), (None, 2**30), (2, 2**30)])
+def test_streaming_labels_equal_straightforward_argmax(shape, roi, overlap, mode, bs, axis, row_bytes):
     net = tiny_net()
     x = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = sliding_window_inference(x, roi, bs, net, overlap=overlap, mode=mode).argmax(1, keepdim=True)
-        engine = SlidingWindowEngine(roi, overlap=overlap, mode=mode, sw_batch_size=bs, stream_axis=axis)
+        engine = SlidingWindowEngine(roi, overlap=overlap, mode=mode, sw_batch_size=bs, stream_axis=axis,
+                                     stream_row_bytes=row_bytes)
         streamed = engine.predict_labels(x, net, streaming=True)
         plain = engine.predict_labels(x, net, streaming=False)
     assert streamed.dtype == torch.uint8 and streamed.shape == ref.shape
@@ -157,3 +158,46 @@ def test_device_split_and_errors():
         plan_windows((20, 20, 20), (16, 16, 16), 1.0)
     with pytest.raises(ValueError, match="predictor returned"):
         SlidingWindowEngine((16, 16, 16))(x, lambda w: w[:, :, :8])
+
+
+def test_streaming_rows_carry_and_gaps_equal_monai():
+    """Many slabs and rows (the carry between slabs is used), a channels-last network, skipped rows, 2-D input."""
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv3d(3, 6, 1)).eval()
+    net = net.to(memory_format=torch.channels_last_3d)
+
+    def cl_net(w):  # predictions with channels innermost: the engine's buffers follow that layout
+        return net(w).contiguous(memory_format=torch.channels_last_3d)
+
+    x = torch.rand(1, 1, 45, 38, 21, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = sliding_window_inference(x, (12, 10, 8), 3, net, overlap=0.6, mode="gaussian")
+        for axis, row_bytes in ((0, 0), (None, 0), (0, 2**30)):
+            engine = SlidingWindowEngine((12, 10, 8), overlap=0.6, sw_batch_size=3, mode="gaussian", stream_axis=axis,
+                                         stream_row_bytes=row_bytes)
+            out = engine.predict_labels(x, cl_net, streaming=True)
+            assert torch.equal(out.long(), ref.argmax(1, keepdim=True))
+            assert torch.equal(engine.predict_labels(x, net, streaming=True), out)
+        blended = engine(x, cl_net)  # channels-last accumulator: same values as MONAI's NCDHW buffer
+        assert blended.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(blended, ref)
+        # two separated bodies: whole slabs and rows in between are skipped, and a body spans several rows
+        y = torch.zeros(1, 1, 60, 40, 20)
+        y[:, :, 2:14, 3:30] = torch.rand(1, 1, 12, 27, 20, generator=torch.Generator().manual_seed(8)) + 0.1
+        y[:, :, 44:58, 30:38, 5:9] = 0.5
+        skip = SlidingWindowEngine((10, 10, 10), overlap=0.5, skip_below=0.0, stream_row_bytes=0)
+        labels = skip.predict_labels(y, net, streaming=True)
+        wide = SlidingWindowEngine((10, 10, 10), overlap=0.5, skip_below=0.0).predict_labels(y, net, streaming=True)
+        assert torch.equal(wide, labels)
+        plain = skip.predict_labels(y, net, streaming=False)
+        assert 0 < skip.last_stats["run"] < skip.last_stats["windows"]
+        assert torch.equal(labels, plain)
+        body = y[0, 0] > 0
+        full = SlidingWindowEngine((10, 10, 10), overlap=0.5).predict_labels(y, net)
+        assert torch.equal(labels[0, 0][body], full[0, 0][body])
+    net2d = nn.Conv2d(1, 3, 3, padding=1).eval()
+    z = torch.rand(1, 1, 30, 17, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref2d = sliding_window_inference(z, (8, 8), 2, net2d, overlap=0.5, mode="gaussian").argmax(1, keepdim=True)
+        got2d = SlidingWindowEngine((8, 8), overlap=0.5, sw_batch_size=2, stream_row_bytes=0).predict_labels(
+            z, net2d, streaming=True)
+    assert torch.equal(got2d.long(), ref2d)

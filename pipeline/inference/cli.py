@@ -7,7 +7,8 @@ Examples (shell)::
     torchrun --nproc_per_node 2 -m pipeline infer --model BUNDLE --input scans/ --output preds/ --quiet
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the cases are sharded ``cases[rank::world]`` across ranks (gloo on CPU, nccl
-on GPU); every rank returns the same exit code: 0, or 1 if any case failed on any rank.
+on GPU); every rank returns the same exit code: 0, or 1 if any case failed on any rank. A rank that stops with an
+error still joins the final count exchange (with a failure flag) before re-raising it, so the other ranks never hang.
 """
 
 from __future__ import annotations
@@ -80,49 +81,68 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``medseg infer``; returns 0, or 1 when any case failed."""
     import torch
 
+    rank, world, dist = _distributed()
+    try:
+        error: Exception | None = None
+        counts = (0, 0, 0)
+        try:
+            counts = _run_rank(args, rank, world)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after this rank has joined the final exchange
+            error = exc
+        ok, skipped, failed = counts
+        failed_ranks = int(error is not None)
+        if dist is not None:
+            # every rank reaches this exchange, even one that failed: otherwise the others would wait here forever
+            totals = torch.tensor([ok, skipped, failed, failed_ranks], dtype=torch.int64)
+            dist.all_reduce(totals)
+            ok, skipped, failed, failed_ranks = (int(v) for v in totals)
+        if error is not None:
+            raise error
+        if rank == 0:
+            print(f"infer: {ok} written, {skipped} skipped (exist), {failed} failed -> {args.output}", file=sys.stderr)
+            if failed_ranks:
+                print(f"error: {failed_ranks} of {world} ranks stopped with an error (see their messages above)",
+                      file=sys.stderr)
+        return EXIT_CASES_FAILED if failed or failed_ranks else 0
+    finally:
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_rank(args: argparse.Namespace, rank: int, world: int) -> tuple[int, int, int]:
+    """This rank's share of ``medseg infer``; returns its (written, skipped, failed) case counts."""
+    import torch
+
     from pipeline.data.inputs import list_inference_inputs
     from pipeline.inference.loading import load_model
     from pipeline.inference.runner import InferenceSettings, infer_cases
 
-    rank, world, dist = _distributed()
-    try:
-        device = args.device
-        if device is None:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine")
-        settings = InferenceSettings(
-            overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size,
-            mode=args.mode,
-            tta=args.tta,
-            streaming=args.streaming,
-            resample=args.resample,
-            skip_background=args.skip_background,
-            air_threshold=args.air_threshold,
-            device=args.stitch_device,
-            sw_device=device,
-            amp=args.amp,
-            save_probabilities=args.save_probabilities,
-            postprocess=args.postprocess,
-            overwrite=args.overwrite,
-            quiet=args.quiet,
-        )
-        settings.validate()
-        cases = list_inference_inputs(args.input)
-        model = load_model(args.model, args.checkpoint, device, preprocessing=args.preprocessing, roi_size=args.roi)
-        results = infer_cases(cases, model, args.output, settings, rank=rank, world_size=world)
-        failed = sum(r.status == "failed" for r in results)
-        ok = sum(r.status == "ok" for r in results)
-        skipped = sum(r.status == "skipped" for r in results)
-        if dist is not None:
-            counts = torch.tensor([ok, skipped, failed], dtype=torch.int64)
-            dist.all_reduce(counts)
-            ok, skipped, failed = (int(v) for v in counts)
-        if rank == 0:
-            print(f"infer: {ok} written, {skipped} skipped (exist), {failed} failed -> {args.output}", file=sys.stderr)
-        return EXIT_CASES_FAILED if failed else 0
-    finally:
-        if dist is not None and dist.is_initialized():
-            dist.destroy_process_group()
+    device = args.device
+    if device is None:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    settings = InferenceSettings(
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        mode=args.mode,
+        tta=args.tta,
+        streaming=args.streaming,
+        resample=args.resample,
+        skip_background=args.skip_background,
+        air_threshold=args.air_threshold,
+        device=args.stitch_device,
+        sw_device=device,
+        amp=args.amp,
+        save_probabilities=args.save_probabilities,
+        postprocess=args.postprocess,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
+    settings.validate()
+    cases = list_inference_inputs(args.input)
+    model = load_model(args.model, args.checkpoint, device, preprocessing=args.preprocessing, roi_size=args.roi)
+    results = infer_cases(cases, model, args.output, settings, rank=rank, world_size=world)
+    return (sum(r.status == "ok" for r in results), sum(r.status == "skipped" for r in results),
+            sum(r.status == "failed" for r in results))

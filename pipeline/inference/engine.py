@@ -7,9 +7,12 @@ exactly MONAI's window grid (``dense_patch_slices`` with MONAI's scan interval),
 
 * a cached importance map and a cached count (normalisation) map, keyed by geometry;
 * **streaming** (:meth:`SlidingWindowEngine.predict_labels` with ``streaming=True``): windows are accumulated into a
-  slab buffer along one spatial axis; planes that no later window can touch are reduced to an argmax label at once,
-  so the full ``C x D x H x W`` float buffer (MONAI #6427) never exists. The slab axis is chosen to make the buffer
-  smallest; when it is the first spatial axis the accumulation order is MONAI's own, so labels are identical;
+  row buffer (``C x roi_a x roi_b x rest``) that moves through each slab along an inner axis; voxels that no later
+  window can touch are reduced to an argmax label at once, and the planes a slab shares with the next one go to a
+  carry buffer (``C x overlap_a x size_b x rest``), so neither the full ``C x D x H x W`` float buffer (MONAI #6427)
+  nor a full slab ever exists. The slab axis is chosen to make the buffers smallest; when the slab and row axes are
+  the first two spatial axes the accumulation order is MONAI's own, so labels are identical. Buffers take the
+  predictions' memory layout (channels-last networks get channels-last buffers);
 * **window skipping**: windows lying entirely inside the background (a boolean ``foreground`` mask that is False over
   the whole window, or channel 0 below ``skip_below`` everywhere) are not run. A voxel of the foreground is covered
   only by windows that contain foreground, so its blended value is *identical* to the full run; voxels covered only
@@ -129,6 +132,22 @@ def channel_argmax(x: torch.Tensor, dim: int = 0, dtype: torch.dtype | None = No
     return torch.max(x, dim=dim, keepdim=True).indices.to(dtype)
 
 
+def _channels_last(pred: torch.Tensor) -> bool:
+    """True when a prediction stores its channels innermost (a ``channels_last_3d`` network's output)."""
+    return pred.ndim == 5 and not pred.is_contiguous() and pred.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _zeros(spatial: Sequence[int], n_cls: int, channels_last: bool, device: torch.device) -> torch.Tensor:
+    """A ``(1, n_cls, *spatial)`` float32 accumulator, channels innermost when the predictions are so laid out.
+
+    Adding channels-last window predictions into an NCDHW buffer walks memory with large strides; matching the
+    layout keeps accumulation and the channel argmax on contiguous memory. Values do not depend on the layout.
+    """
+    if channels_last:
+        return torch.zeros((1, *spatial, n_cls), dtype=torch.float32, device=device).movedim(-1, 1)
+    return torch.zeros((1, n_cls, *spatial), dtype=torch.float32, device=device)
+
+
 class SlidingWindowEngine(Inferer):
     """Sliding-window inference with cached blending maps, streaming argmax and background-window skipping.
 
@@ -155,6 +174,9 @@ class SlidingWindowEngine(Inferer):
         skip_below: skip windows whose channel 0 is ``<= skip_below`` everywhere (input units, e.g. 0.0 for CT
             windowed to 0..1 where air maps to 0). None disables it.
         amp: run the predictor under CUDA autocast (fp16); ignored on CPU. Accumulation stays float32.
+        stream_row_bytes: streaming keeps a whole slab (``C x roi_a x size_b x rest`` float32) in its row buffer
+            when that takes at most this many bytes (fewer, larger operations: faster); larger slabs stream row by
+            row in a ``C x roi_a x roi_b x rest`` ring buffer (less memory). 0 always streams row by row.
 
     Examples:
         >>> import torch
@@ -182,6 +204,7 @@ class SlidingWindowEngine(Inferer):
         stream_axis: int | None = None,
         skip_below: float | None = None,
         amp: bool = False,
+        stream_row_bytes: int = 256 * 2**20,
     ) -> None:
         super().__init__()
         if int(sw_batch_size) < 1:
@@ -200,6 +223,7 @@ class SlidingWindowEngine(Inferer):
         self.stream_axis = stream_axis
         self.skip_below = skip_below
         self.amp = amp
+        self.stream_row_bytes = int(stream_row_bytes)
         self._importance: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._count: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         #: statistics of the last call: windows total / run / skipped
@@ -344,7 +368,7 @@ class SlidingWindowEngine(Inferer):
             out = None
             for win, pred in self._run_windows(x, b, windows, network, sw_device, args, kwargs):
                 if out is None:
-                    out = torch.zeros((1, pred.shape[1], *plan.padded_size), dtype=torch.float32, device=device)
+                    out = _zeros(plan.padded_size, pred.shape[1], _channels_last(pred), device)
                 pred = pred.mul_(w)
                 out[(slice(None), slice(None), *win)] += pred.to(device)
                 if bar is not None:
@@ -430,65 +454,125 @@ class SlidingWindowEngine(Inferer):
             sizes.append(plan.roi_size[a] * others)
         return min(range(len(sizes)), key=lambda a: (sizes[a], a))
 
+    @staticmethod
+    def _choose_inner_axis(plan: WindowPlan, axis: int) -> int:
+        """Row axis inside a slab: the one giving the smallest row buffer (ties: the first, MONAI's order)."""
+        rest = [d for d in range(len(plan.padded_size)) if d != axis]
+
+        def row_size(a: int) -> int:
+            return plan.roi_size[a] * math.prod(plan.padded_size[d] for d in rest if d != a)
+
+        return min(rest, key=lambda a: (row_size(a), a))
+
     def _stream_one(self, x, b, plan, windows, axis, w, network, sw_device, device, args, kwargs, bar) -> torch.Tensor:
-        """Accumulate windows slab by slab along ``axis`` and emit argmax labels for finished planes."""
-        roi_a = plan.roi_size[axis]
-        size_a = plan.padded_size[axis]
-        # stable sort by start on the slab axis: for axis 0 this is MONAI's own order
-        order = sorted(windows, key=lambda s: s[axis].start)
+        """Two-level streaming: slabs along ``axis``, rows along an inner axis; finished voxels become labels at once.
+
+        Windows run in MONAI's order (sorted by their start on ``axis``, then on the inner axis; for axes 0 and 1
+        this is MONAI's own order). A *row* is the set of windows sharing a start on ``axis``; its voxels live in a
+        row buffer ``C x roi_a x roi_b x rest`` that moves along the inner axis (a ring: no data is shifted). When it moves on, the planes it
+        leaves are either final (no later row reaches them: argmax to labels) or still shared with the next row
+        (copied to a carry buffer ``C x overlap_a x size_b x rest``); the next row starts from that carry. Every
+        voxel therefore sums its windows' weighted predictions in the same order as MONAI, from the same zero, so
+        the labels are identical; memory is the carry plus one row buffer instead of a ``C x roi_a x size_b x rest``
+        slab (or MONAI's ``C x`` volume). Buffers follow the predictions' memory layout (channels-last predictions
+        get channels-last buffers, so accumulation reads and writes contiguous memory).
+        """
+        nd = len(plan.padded_size)
+        if nd < 2:
+            raise ValueError(f"streaming needs at least 2 spatial axes, got image size {plan.image_size}")
+        inner = self._choose_inner_axis(plan, axis)
+        perm = (axis, inner, *[d for d in range(nd) if d not in (axis, inner)])  # canonical: slab, row, rest
+        size = [plan.padded_size[d] for d in perm]
+        roi = [plan.roi_size[d] for d in perm]
+        order = sorted(windows, key=lambda s: (s[axis].start, s[inner].start))
+        if not order:  # every window skipped
+            return torch.zeros((1, 1, *plan.padded_size), dtype=torch.uint8, device=device)
+        a_starts = sorted({win[axis].start for win in order})
+        next_start = dict(zip(a_starts, [*a_starts[1:], None]))
+        carry_planes = max([a + roi[0] - n for a, n in next_start.items() if n is not None] + [0])
+        pred_perm = (0, 1, *[2 + d for d in perm])
+        cc = (slice(None), slice(None))
+
         labels: torch.Tensor | None = None
         buf: torch.Tensor | None = None
-        lo = 0  # padded-image coordinate of buffer plane 0
-        n_cls = None
+        carry: torch.Tensor | None = None
+        st = {"a0": -1, "lo": 0, "fin": 0, "t_in": 0, "t_out": 0}
 
-        def shifted(win: tuple[slice, ...]) -> tuple[slice, ...]:
-            s = list(win)
-            s[axis] = slice(win[axis].start - lo, win[axis].stop - lo)
-            return (slice(None), slice(None), *s)
+        def ring(p0: int, p1: int) -> list[tuple[int, int, int]]:
+            """Row positions [p0, p1) (at most the buffer width) as ring-buffer pieces (slot start, slot stop, p)."""
+            r = buf.shape[3]
+            s0 = p0 % r
+            if s0 + (p1 - p0) <= r:
+                return [(s0, s0 + p1 - p0, p0)]
+            return [(s0, r, p0), (0, s0 + p1 - p0 - r, p0 + r - s0)]
 
-        def plane_slice(start: int, stop: int) -> tuple[slice, ...]:
-            s = [slice(None)] * (2 + len(plan.padded_size))
-            s[2 + axis] = slice(start, stop)
-            return tuple(s)
+        def load(lo_b: int, hi_b: int) -> None:
+            """Start the buffer slots of row positions [lo_b, hi_b) from the carry of the previous slab."""
+            hi_b = min(hi_b, size[1])
+            t = st["t_in"]
+            if t and hi_b > lo_b:
+                for s0, s1, p in ring(lo_b, hi_b):
+                    buf[(*cc, slice(0, t), slice(s0, s1))] = carry[(*cc, slice(0, t), slice(p, p + s1 - s0))]
 
         def flush(upto: int) -> None:
-            """Finalize planes [lo, upto) and move the buffer start to ``upto``."""
-            nonlocal lo, buf
-            if upto <= lo:
-                return
-            n = upto - lo
-            for i in range(0, n, 8):  # a few planes at a time keeps the argmax temporaries small
-                j = min(i + 8, n)
-                labels[plane_slice(lo + i, lo + j)] = channel_argmax(buf[plane_slice(i, j)], dim=1, dtype=labels.dtype)
-            keep = buf.shape[2 + axis] - n
-            # shift the unfinished planes to the front in place, n planes at a time: each copy reads planes that
-            # are only overwritten by a later copy, so no second buffer or temporary is needed
-            for i in range(0, keep, n):
-                m = min(n, keep - i)
-                buf[plane_slice(i, i + m)] = buf[plane_slice(i + n, i + n + m)]
-            buf[plane_slice(keep, buf.shape[2 + axis])] = 0.0
-            lo = upto
+            """Finish row positions [lo, upto): final planes to labels, shared planes to the carry, slots reused.
 
-        it = self._run_windows(x, b, order, network, sw_device, args, kwargs)
-        for win, pred in it:
-            start = win[axis].start
+            The row buffer is a ring along the row axis (position p lives in slot ``p % roi_b``), so finishing
+            positions frees their slots for the positions ``roi_b`` further on without moving any data.
+            """
+            lo, a0, fin, t_out = st["lo"], st["a0"], st["fin"], st["t_out"]
+            upto = min(upto, size[1])
+            for s0, s1, p in ring(lo, upto):
+                nb = s1 - s0
+                for i in range(0, fin, 8):  # a few planes at a time keeps the argmax temporaries small
+                    j = min(i + 8, fin)
+                    labels[(*cc, slice(a0 + i, a0 + j), slice(p, p + nb))] = channel_argmax(
+                        buf[(*cc, slice(i, j), slice(s0, s1))], dim=1, dtype=labels.dtype)
+                if t_out:
+                    carry[(*cc, slice(0, t_out), slice(p, p + nb))] = buf[(*cc, slice(fin, fin + t_out), slice(s0, s1))]
+                buf[(*cc, slice(None), slice(s0, s1))] = 0.0
+            st["lo"] = upto
+            load(lo + buf.shape[3], upto + buf.shape[3])
+
+        def advance(target: int) -> None:
+            while st["lo"] < target:
+                flush(min(target, st["lo"] + buf.shape[3]))
+
+        def start_row(a0: int) -> None:
+            nxt = next_start[a0]
+            fin = roi[0] if nxt is None else min(nxt - a0, roi[0])
+            st.update(a0=a0, lo=0, fin=fin, t_out=roi[0] - fin)
+            buf.zero_()
+            load(0, buf.shape[3])
+
+        for win, pred in self._run_windows(x, b, order, network, sw_device, args, kwargs):
             if buf is None:
                 n_cls = pred.shape[1]
-                dtype = torch.uint8 if n_cls <= 256 else torch.int16
-                labels = torch.zeros((1, 1, *plan.padded_size), dtype=dtype, device=device)
-                shape = list(plan.padded_size)
-                shape[axis] = roi_a
-                buf = torch.zeros((1, n_cls, *shape), dtype=torch.float32, device=device)
-                lo = start
-            if start > lo:
-                flush(min(start, lo + roi_a))
-                if start > lo:  # a gap (skipped windows): planes in between stay background
-                    lo = start
-            pred = pred.mul_(w)
-            buf[shifted(win)] += pred.to(device)
+                channels_last = _channels_last(pred)
+                labels = torch.zeros((1, 1, *size), dtype=torch.uint8 if n_cls <= 256 else torch.int16, device=device)
+                slab_bytes = 4 * n_cls * roi[0] * math.prod(size[1:])
+                width = size[1] if slab_bytes <= self.stream_row_bytes else roi[1]
+                buf = _zeros((roi[0], width, *size[2:]), n_cls, channels_last, device)
+                if carry_planes:
+                    carry = _zeros((carry_planes, *size[1:]), n_cls, channels_last, device)
+            a_start = win[axis].start
+            if a_start != st["a0"]:
+                if st["a0"] >= 0:
+                    advance(size[1])
+                    st["t_in"] = st["t_out"]
+                start_row(a_start)
+            if win[inner].stop > st["lo"] + buf.shape[3]:  # the window needs slots still held by earlier positions
+                advance(win[inner].start)
+            pred = pred.mul_(w).permute(pred_perm)
+            cw = [win[d] for d in perm]
+            pred = pred.to(device)
+            rows = slice(cw[0].start - st["a0"], cw[0].stop - st["a0"])
+            for s0, s1, p in ring(cw[1].start, cw[1].stop):
+                q = p - cw[1].start
+                buf[(*cc, rows, slice(s0, s1), *cw[2:])] += pred[(*cc, slice(None), slice(q, q + s1 - s0))]
             if bar is not None:
                 bar.update(1)
-        if buf is None:  # every window skipped
-            return torch.zeros((1, 1, *plan.padded_size), dtype=torch.uint8, device=device)
-        flush(min(size_a, lo + roi_a))
-        return labels
+        advance(size[1])
+        del buf, carry
+        inv = [perm.index(d) for d in range(nd)]
+        return labels.permute(0, 1, *[2 + d for d in inv]).contiguous()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from pipeline.data.readers import glob_escape
 from pipeline.errors import InputDataError, PipelineError, UsageError
 from pipeline.inference.engine import SlidingWindowEngine
 from pipeline.inference.loading import LoadedModel
@@ -180,6 +181,22 @@ def _invert(pred: torch.Tensor, data: dict, preprocessing: Any, nearest: bool) -
     return inv({"image": img, "pred": pred_mt})["pred"]
 
 
+def _check_memory(image_path: str, shape: tuple[int, ...], in_channels: int, model: LoadedModel,
+                  settings: InferenceSettings) -> None:
+    """Refuse (ResourceError naming the file) a sliding-window run whose buffers cannot fit the memory budget."""
+    from pipeline.data.resources import estimate_inference_bytes, require_memory
+
+    classes = model.out_channels or 2
+    need = estimate_inference_bytes(shape, classes, in_channels=in_channels, streaming=settings.streaming)
+    if settings.streaming:
+        hint = "free memory, raise $MEDSEG_MEMORY_LIMIT_MB, or use a machine with more RAM"
+    else:
+        hint = "pass --streaming (bounded memory: one slab of logits at a time) or raise $MEDSEG_MEMORY_LIMIT_MB"
+    require_memory(need, path=image_path, hint=hint,
+                   what=f"sliding-window inference on {'x'.join(map(str, shape))} voxels x {classes} classes"
+                        + (" (streaming)" if settings.streaming else ""))
+
+
 def predict_case(
     image_path: str, model: LoadedModel, settings: InferenceSettings, engine: SlidingWindowEngine | None = None
 ) -> dict[str, Any]:
@@ -223,6 +240,7 @@ def predict_case(
     predictor = MirrorTTA(model.network) if settings.tta else model.network
     x = img.as_tensor()[None].float()
     nearest = settings.streaming or settings.resample == "labels"
+    _check_memory(image_path, tuple(x.shape[2:]), int(x.shape[1]), model, settings)
     probabilities = None
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -318,6 +336,21 @@ def _save_probabilities(probs: np.ndarray, affine: np.ndarray, path: Path, codes
         nib.save(img, str(tmp))
 
 
+def _remove_stale_temporaries(out_dir: Path, case: str, older_than: float) -> None:
+    """Delete hidden ``.<case>.nii.gz.<random>.tmp...`` files a killed run left (atomic_path names them so).
+
+    Only files last modified before ``older_than`` (this run's start, epoch seconds) are removed, so a concurrent run
+    writing into the same folder keeps its in-progress temporaries.
+    """
+    for name in (f"{case}.nii.gz", f"{case}.json", f"{case}_probabilities.nii.gz"):
+        for tmp in out_dir.glob(f".{glob_escape(name)}.*.tmp*"):
+            try:
+                if tmp.stat().st_mtime < older_than:
+                    tmp.unlink()
+            except OSError:
+                pass
+
+
 def _shard(cases: Sequence[dict], rank: int, world: int) -> list[dict]:
     return list(cases[rank::world]) if world > 1 else list(cases)
 
@@ -353,6 +386,7 @@ def infer_cases(
     for item in cases:
         if Path(item["image"]).resolve().parent == out_dir.resolve() and Path(item["image"]).name == f"{item['case']}.nii.gz":
             raise UsageError(f"--output {out_dir} would overwrite the input {item['image']}; choose another folder")
+    started = time.time()
     mine = _shard(cases, rank, world_size)
     engine = make_engine(model, settings)
     versions = software_versions()
@@ -369,7 +403,8 @@ def infer_cases(
         case, image = str(item["case"]), str(item["image"])
         out_path = out_dir / f"{case}.nii.gz"
         side_path = out_dir / f"{case}.json"
-        if out_path.exists() and not settings.overwrite:
+        _remove_stale_temporaries(out_dir, case, started)
+        if out_path.exists() and side_path.exists() and not settings.overwrite:
             results.append(CaseResult(case, image, "skipped", str(out_path), "output exists (use --overwrite)"))
             continue
         t_case = time.perf_counter()
