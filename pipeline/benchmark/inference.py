@@ -155,78 +155,25 @@ def open_model(bundle_dir: str | Path, weights: str | Path | None, *, device: st
     Raises:
         ModelError: missing/invalid config, a network that cannot be built, or weights that do not fit.
     """
-    from monai.bundle import ConfigParser
-
-    from pipeline.inference.loading import LoadedModel, load_checkpoint
+    from pipeline.inference.loading import load_model
     from pipeline.inference.runner import InferenceSettings
 
-    bundle = Path(bundle_dir)
+    bundle = Path(bundle_dir).resolve()
     cfg_file = bundle / INFERENCE_CONFIG
-    if not cfg_file.is_file():
-        raise ModelError("the bundle has no configs/inference.json", path=cfg_file)
     dev = torch.device(device)
-    parser = ConfigParser()
-    try:
-        parser.read_config(str(cfg_file))
-        meta_file = bundle / "configs" / "metadata.json"
-        if meta_file.is_file():
-            parser.read_meta(str(meta_file))
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"unreadable config ({exc})", path=cfg_file) from exc
-    for key in ("network_def", "preprocessing", "inferer"):
-        if key not in parser.config:
-            raise ModelError(f"config has no {key!r}", path=cfg_file)
-    parser["bundle_root"] = str(bundle.resolve())
-    parser["device"] = f"$torch.device({str(dev)!r})"
     notes: list[str] = []
     if roi_size is not None:
-        if not isinstance(parser.config["inferer"], Mapping):
-            raise ModelError("the config's 'inferer' is not an inline component; --roi-size cannot be applied",
-                             path=cfg_file)
-        roi = [int(r) for r in roi_size]
-        if "roi_size" in parser.config:  # networks sized by the ROI are rebuilt for it
-            parser["roi_size"] = roi
-        parser["inferer"]["roi_size"] = roi
-        notes.append(f"--roi-size {roi} overrides the bundle's window (networks sized by it are rebuilt)")
-    torch.manual_seed(seed)
+        notes.append(f"--roi-size {[int(r) for r in roi_size]} overrides the bundle's window "
+                     "(networks sized by it are rebuilt)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(bundle, weights, dev, roi_size=roi_size, allow_untrained=weights is None, seed=seed)
+    net = loaded.network
+    loaded.network = TimedNetwork(net, dev)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            net = parser.get_parsed_content("network_def")
-            preprocessing = parser.get_parsed_content("preprocessing")
-            inferer = parser.get_parsed_content("inferer")
-    except Exception as exc:  # noqa: BLE001 - config instantiation errors are wrapped by MONAI
-        msg = " ".join(str(exc).split())[:300]
-        raise ModelError(f"cannot build the inference recipe ({msg})", path=cfg_file) from exc
-    if not isinstance(net, torch.nn.Module):
-        raise ModelError(f"network_def builds a {type(net).__name__}, not a torch module", path=cfg_file)
-    net = net.to(dev)
-    if weights is not None:
-        load_checkpoint(net, weights)  # strict; ModelError naming the file when it does not fit
-    net.eval()
-    roi = getattr(inferer, "roi_size", None)
-    if not roi:
-        raise ModelError("the bundle's inferer names no roi_size", path=cfg_file)
-    meta = parser.get("_meta_", {}) or {}
-    fmt = (meta.get("network_data_format") or {}) if isinstance(meta, Mapping) else {}
-    out = (fmt.get("outputs") or {}).get("pred") or {}
-    channel_def = {int(k): str(v) for k, v in (out.get("channel_def") or {}).items()}
-    ov = getattr(inferer, "overlap", 0.5)
-    mode = getattr(inferer, "mode", "gaussian")
-    loaded = LoadedModel(
-        network=TimedNetwork(net, dev),
-        preprocessing=preprocessing,
-        roi_size=tuple(int(r) for r in roi),
-        overlap=float(ov[0] if isinstance(ov, Sequence) else ov),
-        sw_batch_size=int(getattr(inferer, "sw_batch_size", 1) or 1),
-        mode=str(getattr(mode, "value", mode)),
-        out_channels=len(channel_def) or None,
-        channel_def=channel_def,
-        name=bundle.name,
-        source=str(bundle),
-        checkpoint=str(weights) if weights else None,
-        device=dev,
-    )
+        preset = json.loads(cfg_file.read_text()).get("preprocessing_preset", "see inference.json")
+    except (OSError, ValueError, AttributeError):
+        preset = "see inference.json"
     run = InferenceSettings(overlap=overlap, sw_batch_size=sw_batch_size, tta=bool(tta), quiet=True)
     run.validate()
     n_params = sum(p.numel() for p in net.parameters())
@@ -238,7 +185,7 @@ def open_model(bundle_dir: str | Path, weights: str | Path | None, *, device: st
         "blend_mode": loaded.mode,
         "tta": bool(tta),
         "resample": run.resample,
-        "preprocessing": parser.config.get("preprocessing_preset", "see inference.json"),
+        "preprocessing": preset,
         "engine": "pipeline.inference (SlidingWindowEngine)",
         "torch_threads": torch.get_num_threads(),
     }

@@ -161,7 +161,15 @@ def _bundle_config_file(bundle: Path) -> Path | None:
     return None
 
 
-def _load_bundle(bundle: Path, checkpoint: str | os.PathLike | None, device: torch.device) -> LoadedModel:
+def _load_bundle(
+    bundle: Path,
+    checkpoint: str | os.PathLike | None,
+    device: torch.device,
+    *,
+    roi_size: Sequence[int] | None = None,
+    allow_untrained: bool = False,
+    seed: int = 0,
+) -> LoadedModel:
     from monai.bundle import ConfigParser
 
     cfg = _bundle_config_file(bundle)
@@ -173,8 +181,24 @@ def _load_bundle(bundle: Path, checkpoint: str | os.PathLike | None, device: tor
         meta_file = bundle / "configs" / "metadata.json"
         if meta_file.is_file():
             parser.read_meta(str(meta_file))
-        parser["bundle_root"] = str(bundle)
-        parser["device"] = f"$torch.device('{device}')"
+    except Exception as exc:  # noqa: BLE001 - config errors surface as one line naming the file
+        raise ModelError(f"cannot read the bundle config ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]})", path=cfg) from exc
+    for key in ("network_def", "preprocessing"):
+        if key not in parser.config:
+            raise ModelError(f"config has no {key!r} (id not found: a bundle's inference config must define "
+                             "network_def and preprocessing)", path=cfg)
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = f"$torch.device('{device}')"
+    if roi_size is not None:  # networks whose size follows the bundle's roi_size are rebuilt for the new window
+        roi = [int(r) for r in roi_size]
+        if "roi_size" in parser.config:
+            parser["roi_size"] = roi
+        if isinstance(parser.config.get("inferer"), Mapping):
+            parser["inferer"]["roi_size"] = roi
+    if allow_untrained:
+        torch.manual_seed(seed)  # a reproducible random initialisation when no weights are loaded
+    try:
         network = parser.get_parsed_content("network_def")
         preprocessing = parser.get_parsed_content("preprocessing")
         inferer = parser.get_parsed_content("inferer") if "inferer" in parser else None
@@ -183,10 +207,13 @@ def _load_bundle(bundle: Path, checkpoint: str | os.PathLike | None, device: tor
                          f"{' '.join(str(exc).split())[:300]})", path=cfg) from exc
     if not isinstance(network, nn.Module):
         raise ModelError(f"network_def builds a {type(network).__name__}, not a torch module", path=cfg)
-    ckpt = Path(checkpoint) if checkpoint else bundle / "models" / "model.pt"
-    if not ckpt.is_file():
+    ckpt: Path | None = Path(checkpoint) if checkpoint else bundle / "models" / "model.pt"
+    if ckpt.is_file():
+        load_checkpoint(network, ckpt)
+    elif allow_untrained and not checkpoint:
+        ckpt = None  # smoke tests only: the seeded random initialisation is kept
+    else:
         raise ModelError("no weights: models/model.pt is missing (train the bundle or pass --checkpoint)", path=ckpt)
-    load_checkpoint(network, ckpt)
     roi = getattr(inferer, "roi_size", None)
     if roi is None:
         shape = parser.get("_meta_#network_data_format#inputs#image#spatial_shape")
@@ -214,7 +241,7 @@ def _load_bundle(bundle: Path, checkpoint: str | os.PathLike | None, device: tor
         modality=inp.get("modality"),
         name=bundle.name,
         source=str(bundle),
-        checkpoint=str(ckpt),
+        checkpoint=str(ckpt) if ckpt else None,
         device=device,
     )
 
@@ -288,6 +315,8 @@ def load_model(
     preprocessing: str | Mapping[str, Any] | Compose | None = None,
     roi_size: Sequence[int] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    allow_untrained: bool = False,
+    seed: int = 0,
 ) -> LoadedModel:
     """Load a bundle directory, or a preset name with a checkpoint and a preprocessing preset.
 
@@ -298,6 +327,9 @@ def load_model(
         preprocessing: preprocessing preset name/dict (or a ready Compose) for presets; ignored for bundles.
         roi_size: window size (x, y, z); overrides the bundle's/preset's.
         overrides: constructor arguments for the preset network (e.g. ``{"out_channels": 3}``).
+        allow_untrained: bundles only: when no weights file exists, keep the random initialisation (seeded with
+            ``seed``) instead of failing. For smoke tests and ``medseg benchmark --allow-untrained`` only.
+        seed: the seed of that initialisation.
 
     Returns:
         a :class:`LoadedModel`.
@@ -308,7 +340,8 @@ def load_model(
     device = torch.device(device)
     path = Path(model).expanduser()
     if path.is_dir():
-        loaded = _load_bundle(path, checkpoint, device)
+        loaded = _load_bundle(path, checkpoint, device, roi_size=roi_size, allow_untrained=allow_untrained,
+                              seed=seed)
     elif os.sep in str(model) or str(model).startswith("."):
         raise UsageError(f"--model {model}: no such bundle directory")
     else:
