@@ -210,7 +210,7 @@ def test_load_official_checkpoint_strict(tmp_path, shared_dir):
         assert torch.equal(a, b), k
     assert dst.unetr_pp_encoder.stages[0][0].epa_block.E is dst.unetr_pp_encoder.stages[0][0].epa_block.F
     # the wrong preset: a clear error that lists the mismatched layers
-    with pytest.raises(ModelError, match=r"shape mismatch.*downsample_layers.*missing: .*EF.*unexpected: .*E.weight"):
+    with pytest.raises(ModelError, match=r"with another shape: .*downsample_layers.*missing from the checkpoint: .*EF.*unexpected layer\(s\): .*E.weight"):
         load_official_weights(create_network("unetrpp_tumor"), ck)
 
 
@@ -233,7 +233,7 @@ def test_checkpoint_safety_and_errors(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         load_official_checkpoint(tmp_path / "missing.model")
     partial = {k: v for k, v in net.state_dict().items() if "out1" not in k}
-    with pytest.raises(ModelError, match="2 missing: out1.conv.conv.weight"):
+    with pytest.raises(ModelError, match="2 layer\\(s\\) missing from the checkpoint: out1.conv.conv.weight"):
         fit_state_dict(UNETRPP(**SMALL), partial)
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.errors import InputDataError, ModelError, PipelineError
+from pipeline.networks.state_dict import describe_mismatch
 from pipeline.utils.atomic import save_json_atomic, save_torch_atomic
 
 __all__ = [
@@ -147,22 +148,8 @@ def fit_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], *, so
     Tied tensors (the Synapse E=F module) appear under both names in official files and load as they are.
     """
     own = net.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        def _few(items: list[str]) -> str:
-            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatch(es) (file vs network): {_few(wrong)}")
-        if missing:
-            parts.append(f"{len(missing)} missing: {_few(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {_few(unexpected)}")
-        raise ModelError(f"checkpoint does not fit the network: {'; '.join(parts)}", path=source)
+    if set(own) != set(state_dict) or any(tuple(state_dict[k].shape) != tuple(v.shape) for k, v in own.items()):
+        raise ModelError(f"checkpoint does not fit the network: {describe_mismatch(net, state_dict)}", path=source)
     net.load_state_dict(state_dict, strict=True)
 
 
