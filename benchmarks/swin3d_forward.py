@@ -25,9 +25,7 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.benchmark import median_time  # noqa: E402
 from pipeline.networks import create_network  # noqa: E402
 from pipeline.networks.swin3d import SwinAttention3D  # noqa: E402
 from pipeline.networks.swin3d.presets import BTCV_ROI, SYNAPSE_ROI  # noqa: E402
@@ -51,14 +50,7 @@ QUICK_ATTN_CASES = (("quick", (8, 8, 8), 24, 3, (4, 4, 4)),)
 
 
 def _time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_time(fn, repeats, warmup)["median_s"]
 
 
 class _MonaiShiftedWindowAttention(torch.nn.Module):

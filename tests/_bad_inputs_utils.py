@@ -10,7 +10,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
 #: voxel size of every synthetic case (ct_abdomen's target spacing, so no resampling happens)
 SPACING = (1.5, 1.5, 2.0)
@@ -18,8 +17,6 @@ SHAPE = (20, 18, 12)
 AFFINE = np.diag([*SPACING, 1.0])
 
 #: a 3-class MONAI UNet small enough for sub-second CPU inference
-TINY_UNET = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
-             "channels": [4, 8], "strides": [2], "num_res_units": 0}
 
 
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
@@ -53,37 +50,10 @@ def write_msd_dataset(root: Path, n: int = 3, labels: dict | None = None) -> Pat
 
 
 def make_bundle(root: Path, *, roi: Sequence[int] = (16, 16, 16), seed: int = 0, drop: Sequence[str] = ()) -> Path:
-    """A minimal inference bundle (configs/inference.json + metadata.json + models/model.pt) at ``root``.
+    """A minimal CT inference bundle at ``root``; ``drop`` removes top-level ids from inference.json."""
+    from _infer_utils import make_tiny_bundle
 
-    ``drop`` removes top-level ids from inference.json (a bundle config missing a key).
-    """
-    from monai.networks.nets import UNet
-
-    (root / "configs").mkdir(parents=True, exist_ok=True)
-    (root / "models").mkdir(exist_ok=True)
-    cfg = {
-        "imports": ["$import pipeline.transforms"],
-        "bundle_root": str(root),
-        "device": "$torch.device('cpu')",
-        "network_def": TINY_UNET,
-        "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "pipeline.transforms.build_preprocessing", "preset": "ct_abdomen",
-                          "keys": ["image"]},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(roi), "sw_batch_size": 4, "overlap": 0.25,
-                    "mode": "gaussian"},
-    }
-    for key in drop:
-        cfg.pop(key)
-    meta = {"version": "0.0.1", "network_data_format": {
-        "inputs": {"image": {"type": "image", "modality": "CT", "num_channels": 1, "spatial_shape": list(roi)}},
-        "outputs": {"pred": {"type": "image", "num_channels": 3, "channel_def": {"0": "background", "1": "a",
-                                                                                 "2": "b"}}}}}
-    (root / "configs" / "inference.json").write_text(json.dumps(cfg, indent=1))
-    (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=1))
-    torch.manual_seed(seed)
-    net = UNet(**{k: v for k, v in TINY_UNET.items() if k != "_target_"})
-    torch.save(net.state_dict(), root / "models" / "model.pt")
-    return root
+    return make_tiny_bundle(root, roi=roi, seed=seed, sw_batch_size=4, overlap=0.25, drop=drop)
 
 
 # --- broken files -----------------------------------------------------------------------------------------------------

@@ -20,8 +20,11 @@ NETWORK_DEF = {
 
 
 def make_tiny_bundle(root: Path, *, preset: str = "ct_abdomen", roi=(32, 32, 32), seed: int = 0,
-                     modality: str = "CT") -> Path:
-    """Write ``root`` as a minimal bundle (inference.json, metadata.json, models/model.pt) and return it."""
+                     modality: str = "CT", sw_batch_size: int = 2, overlap: float = 0.5, drop=()) -> Path:
+    """Write ``root`` as a minimal bundle (inference.json, metadata.json, models/model.pt) and return it.
+
+    ``drop`` removes top-level ids from inference.json (a bundle config missing a key).
+    """
     from monai.networks.nets import UNet
 
     (root / "configs").mkdir(parents=True, exist_ok=True)
@@ -33,9 +36,11 @@ def make_tiny_bundle(root: Path, *, preset: str = "ct_abdomen", roi=(32, 32, 32)
         "network_def": NETWORK_DEF,
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "pipeline.transforms.build_preprocessing", "preset": preset, "keys": ["image"]},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(roi), "sw_batch_size": 2, "overlap": 0.5,
-                    "mode": "gaussian"},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(roi), "sw_batch_size": sw_batch_size,
+                    "overlap": overlap, "mode": "gaussian"},
     }
+    for key in drop:
+        cfg.pop(key)
     meta = {
         "version": "0.0.1",
         "network_data_format": {
