@@ -116,3 +116,22 @@ def test_inference_from_another_cwd(tmp_path, shared_data):
     assert pred.shape == img.shape and (pred.affine == img.affine).all()
     labels = set(map(int, __import__("numpy").unique(pred.get_fdata())))
     assert labels <= {0, 1, 2} and {1, 2} <= labels, labels
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_train_loss_is_logged_as_a_scalar(name):
+    """The trainers run with ``decollate=False``, so ``engine.state.output`` is one dict; the Stats/TensorBoard
+    handlers must turn it into a scalar loss (``from_engine(['loss'], first=True)`` gives a tuple, which MONAI skips
+    with a warning, so no loss would be printed or logged)."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir(name) / "configs" / "train.json"))
+    assert parser.get_parsed_content("train#trainer#decollate", instantiate=False) is False
+    handlers = parser.get("train#handlers")
+    loss_handlers = [i for i, h in enumerate(handlers) if h.get("tag_name") == "train_loss"]
+    assert loss_handlers, f"{name}: no train_loss Stats/TensorBoard handler"
+    output = {"loss": torch.tensor(0.25), "pred": torch.zeros(1, 2, 4, 4, 4), "label": torch.zeros(1, 1, 4, 4, 4)}
+    for i in loss_handlers:
+        transform = parser.get_parsed_content(f"train#handlers#{i}#output_transform")
+        value = transform(output)
+        assert isinstance(value, (float, torch.Tensor)) and torch.as_tensor(value).ndim == 0, (name, value)
+        assert float(value) == pytest.approx(0.25)
