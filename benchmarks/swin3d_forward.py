@@ -8,7 +8,7 @@ Three tables (inference: ``eval()`` + ``torch.inference_mode()``, fp32, CPU unle
    and grid, both including the cyclic roll and window partition/reverse (MONAI's ``window_partition``,
    ``window_reverse``, ``compute_mask``). MONAI's weights are copied into ours and the outputs compared ("max diff").
 2. **Whole network per window.** ``swinunet3d`` against ``SwinUNETR(feature_size=48)`` at a 96^3 ROI.
-3. **Presets.** Parameters, GMACs (``torch.utils.flop_counter`` with the math SDPA backend so the attention matmuls
+4. **Presets.** Parameters, GMACs (``torch.utils.flop_counter`` with the math SDPA backend so the attention matmuls
    count; 1 MAC = 2 FLOPs) and forward time of every preset at the 96^3 and Synapse-style 128x128x64 (x, y, z) ROIs.
 
 Usage::
@@ -90,6 +90,41 @@ def _ours_from_monai(ref: _MonaiShiftedWindowAttention, dim: int, heads: int, gr
     return ours.eval()
 
 
+def _monai_from_ours(ours: SwinAttention3D) -> _MonaiShiftedWindowAttention:
+    """MONAI twin of one of our (already built, possibly trained) attention modules: same grid, window, shift, weights."""
+    a = ours.attn
+    ref = _MonaiShiftedWindowAttention(ours.qkv.in_features, a.num_heads, a.grid, a.window_size, a.shift_size)
+    with torch.no_grad():
+        for name in ("qkv", "proj"):
+            getattr(ref.attn, name).weight.copy_(getattr(ours, name).weight)
+            getattr(ref.attn, name).bias.copy_(getattr(ours, name).bias)
+        ref.attn.relative_position_bias_table.copy_(a.relative_position_bias_table)
+    return ref.eval()
+
+
+def _linears_time(ours: SwinAttention3D, x: torch.Tensor, repeats: int) -> float:
+    """Time of the qkv and output ``Linear`` layers on the windowed tokens (the same GEMMs run in MONAI's module)."""
+    tokens = ours.attn.partition(x)
+    out = tokens.clone()
+    return _time(lambda: ours.qkv(tokens), repeats) + _time(lambda: ours.proj(out), repeats)
+
+
+def _attention_row(label: str, ref: torch.nn.Module, ours: SwinAttention3D, x: torch.Tensor, repeats: int) -> dict:
+    a = ours.attn
+    with torch.inference_mode():
+        diff = float((ours(x) - ref(x)).abs().max())
+        t_ref = _time(lambda: ref(x), repeats)
+        t_ours = _time(lambda: ours(x), repeats)
+        t_lin = _linears_time(ours, x, repeats)
+    core_ref, core_ours = t_ref - t_lin, t_ours - t_lin
+    return {
+        "case": label, "grid": a.grid, "dim": ours.qkv.in_features, "heads": a.num_heads, "window": a.window_size,
+        "shift": a.shift_size, "monai_ms": 1e3 * t_ref, "ours_ms": 1e3 * t_ours, "speedup": t_ref / t_ours,
+        "linears_ms": 1e3 * t_lin,
+        "core_speedup": core_ref / core_ours if core_ours > 0 and core_ref > 0 else float("nan"), "max_diff": diff,
+    }  # fmt: skip
+
+
 def bench_attention(cases, repeats: int) -> list[dict]:
     rows = []
     for label, grid, dim, heads, window in cases:
@@ -98,15 +133,32 @@ def bench_attention(cases, repeats: int) -> list[dict]:
             ref = _MonaiShiftedWindowAttention(dim, heads, grid, window, shift).eval()
             ours = _ours_from_monai(ref, dim, heads, grid, window, shift)
             x = torch.randn(1, *grid, dim)
-            with torch.inference_mode():
-                diff = float((ours(x) - ref(x)).abs().max())
-                t_ref = _time(lambda: ref(x), repeats)
-                t_ours = _time(lambda: ours(x), repeats)
-            rows.append(
-                {"case": f"{label} {kind}", "grid": grid, "dim": dim, "heads": heads, "window": window,
-                 "monai_ms": 1e3 * t_ref, "ours_ms": 1e3 * t_ours, "speedup": t_ref / t_ours, "max_diff": diff}
-            )  # fmt: skip
+            rows.append(_attention_row(f"{label} {kind}", ref, ours, x, repeats))
     return rows
+
+
+def bench_network_attention(name: str, roi: Sequence[int], repeats: int) -> dict:
+    """Every window attention of one forward of preset ``name``, on its real input, ours vs a MONAI twin."""
+    torch.manual_seed(0)
+    net = create_network(name, roi_size=tuple(roi)).eval()
+    captured: list[tuple[str, SwinAttention3D, torch.Tensor]] = []
+    modules = [(n, m) for n, m in net.named_modules() if isinstance(m, SwinAttention3D)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, n=n: captured.append((n, mod, inp[0].detach().clone())))
+        for n, m in modules
+    ]
+    with torch.inference_mode():
+        net(torch.randn(1, 1, *roi))
+    for h in hooks:
+        h.remove()
+    rows = [_attention_row(n, _monai_from_ours(m), m, x, repeats) for n, m, x in captured]
+    monai_ms = sum(r["monai_ms"] for r in rows)
+    ours_ms = sum(r["ours_ms"] for r in rows)
+    return {
+        "preset": name, "roi": tuple(roi), "modules": len(rows), "monai_ms": monai_ms, "ours_ms": ours_ms,
+        "speedup": monai_ms / ours_ms, "linears_ms": sum(r["linears_ms"] for r in rows),
+        "max_diff": max(r["max_diff"] for r in rows), "rows": rows,
+    }  # fmt: skip
 
 
 def bench_network(roi: Sequence[int], repeats: int, out_channels: int = 14, feature_size: int = 48) -> dict:
@@ -161,19 +213,37 @@ def _fmt_t(t: Sequence[int]) -> str:
     return "x".join(map(str, t))
 
 
-def tables(attn: list[dict], net: dict, presets: list[dict]) -> str:
+def _attention_lines(rows: list[dict], first: str = "case") -> list[str]:
+    lines = [
+        f"| {first} | grid | dim / heads | window / shift | MONAI ms | ours ms | speed-up | linears ms | "
+        "core speed-up | max diff |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {_fmt_t(r['grid'])} | {r['dim']} / {r['heads']} | {_fmt_t(r['window'])} / "
+            f"{_fmt_t(r['shift'])} | {r['monai_ms']:.1f} | {r['ours_ms']:.1f} | {r['speedup']:.2f}x | "
+            f"{r['linears_ms']:.1f} | {r['core_speedup']:.2f}x | {r['max_diff']:.1e} |"
+        )
+    return lines
+
+
+def tables(attn: list[dict], net: dict, presets: list[dict], net_attn: Sequence[dict] = ()) -> str:
     lines = [
         "**Window attention, ours (SDPA, cached bias+mask) vs MONAI SwinUNETR `WindowAttention`, same weights "
-        "(inference, batch 1)**",
+        "(inference, batch 1; linears = the qkv + output projections both run, core = module minus linears)**",
         "",
-        "| case | grid | dim / heads | window | MONAI ms | ours ms | speed-up | max diff |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        *_attention_lines(attn),
     ]
-    for r in attn:
-        lines.append(
-            f"| {r['case']} | {_fmt_t(r['grid'])} | {r['dim']} / {r['heads']} | {_fmt_t(r['window'])} | "
-            f"{r['monai_ms']:.1f} | {r['ours_ms']:.1f} | {r['speedup']:.2f}x | {r['max_diff']:.1e} |"
-        )
+    for agg in net_attn:
+        lines += [
+            "",
+            f"**All {agg['modules']} window attentions of one `{agg['preset']}` forward at "
+            f"{_fmt_t(agg['roi'])} (x,y,z), each on its real input, vs MONAI twins: MONAI {agg['monai_ms']:.1f} ms, "
+            f"ours {agg['ours_ms']:.1f} ms, speed-up {agg['speedup']:.2f}x (linears {agg['linears_ms']:.1f} ms)**",
+            "",
+            *_attention_lines(agg["rows"], first="module"),
+        ]
     lines += [
         "",
         f"**Whole network per window: `swinunet3d` vs MONAI `SwinUNETR(feature_size={net['feature_size']})` "
@@ -228,13 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats
     if args.quick:
         attn = bench_attention(QUICK_ATTN_CASES, repeats)
+        net_attn = [bench_network_attention("swinunet3d", (32, 32, 32), repeats)]
         net = bench_network((64, 64, 64), repeats, feature_size=12)
         presets = bench_presets(PRESETS[:2], [(32, 32, 32)], repeats)
     else:
         attn = bench_attention(ATTN_CASES, repeats)
+        net_attn = [bench_network_attention("swinunet3d", roi, repeats) for roi in (BTCV_ROI, SYNAPSE_ROI)]
         net = bench_network(BTCV_ROI, repeats)
         presets = bench_presets(PRESETS, [BTCV_ROI, SYNAPSE_ROI], repeats)
-    text = tables(attn, net, presets)
+    text = tables(attn, net, presets, net_attn)
     print(text)
     if args.out:
         from pipeline.utils.atomic import atomic_path

@@ -24,8 +24,11 @@ def test_quick_benchmark_writes_markdown(tmp_path, capsys):
     for needle in ("--quick", "torch ", "MONAI ", "| quick W-MSA |", "| quick SW-MSA |", "`swinunet3d`", "SwinUNETR"):
         assert needle in text
     assert "| quick SW-MSA |" in printed
-    # the attention rows compare the same maths: MONAI's weights copied into ours
-    for line in text.splitlines():
-        if line.startswith("| quick"):
-            assert float(line.rstrip(" |").split("|")[-1]) < 1e-5
+    assert "window attentions of one `swinunet3d` forward at 32x32x32" in text
+    # the attention rows compare the same maths: MONAI's weights copied into ours (and into the MONAI twins)
+    rows = [ln for ln in text.splitlines() if ln.startswith(("| quick", "| encoder.", "| decoder."))]
+    assert any(r.startswith("| encoder.0.blocks.1.attn") and "/ 2x2x2 |" in r for r in rows)  # a shifted block
+    assert len(rows) > 8
+    for line in rows:
+        assert float(line.rstrip(" |").split("|")[-1]) < 1e-5, line
     assert not [p for p in tmp_path.iterdir() if p.name != "section.md"]  # no temp file left behind
