@@ -148,3 +148,19 @@ def test_split_datalist_holds_out_cases_when_there_is_no_validation_split(shared
     val = split_datalist(shared_data / "STS_CT", "validation")
     assert len(train) + len(val) == 24 and len(val) == 5
     assert not {d["image"] for d in train} & {d["image"] for d in val}
+
+
+@pytest.mark.parametrize("setting, env, shown", [(True, None, True), (False, None, False), (None, None, False),
+                                                 (None, "1", True), (True, "0", False)])
+def test_progress_bar_shows_the_loss_only_when_enabled(setting, env, shown, capsys, monkeypatch):
+    from pipeline.training import ProgressBar
+
+    if env is None:
+        monkeypatch.delenv("MEDSEG_PROGRESS", raising=False)
+    else:
+        monkeypatch.setenv("MEDSEG_PROGRESS", env)
+    engine = Engine(lambda e, batch: {"loss": torch.tensor(0.125 * batch)})
+    ProgressBar(enabled=setting, desc="train").attach(engine)  # None: auto, and pytest's stderr is not a terminal
+    engine.run([1, 2, 3], max_epochs=1)
+    err = capsys.readouterr().err
+    assert ("loss=0.375" in err and "train" in err) if shown else err == ""

@@ -6,7 +6,7 @@ The bundles' ``train.json`` configs build a MONAI :class:`~monai.engines.Supervi
 
 from pipeline.training.checkpoint import ResumableCheckpoint, capture_rng_state, load_checkpoint, restore_rng_state
 from pipeline.training.determinism import EpochSeeder
-from pipeline.training.handlers import GradientClipHandler, TrainingLog
+from pipeline.training.handlers import GradientClipHandler, ProgressBar, TrainingLog
 from pipeline.training.losses import DiceCEDeepSupervisionLoss, build_loss, deep_supervision_weights
 from pipeline.training.optim import OPTIMIZER_PRESETS, build_optimizer, build_poly_scheduler, poly_lr
 
@@ -15,6 +15,7 @@ __all__ = [
     "EpochSeeder",
     "GradientClipHandler",
     "OPTIMIZER_PRESETS",
+    "ProgressBar",
     "ResumableCheckpoint",
     "TrainingLog",
     "build_loss",

@@ -1,9 +1,11 @@
-"""Small ignite handlers used by the bundles' training configs: gradient clipping and a JSON-lines training log."""
+"""Small ignite handlers used by the bundles' training configs: gradient clipping, a JSON-lines training log and a
+progress bar."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
-__all__ = ["GradientClipHandler", "TrainingLog"]
+__all__ = ["GradientClipHandler", "ProgressBar", "TrainingLog"]
 
 
 class GradientClipHandler:
@@ -37,6 +39,51 @@ class GradientClipHandler:
             scaler.unscale_(engine.optimizer)
         params = [p for g in engine.optimizer.param_groups for p in g["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+
+
+class ProgressBar:
+    """A tqdm progress bar over the iterations of each epoch (trainer: with the running loss; evaluator: cases).
+
+    Wraps :class:`ignite.handlers.ProgressBar`; shown only where it helps: on the main process (rank 0 under
+    ``torch.distributed``) and, by default, only when stderr is a terminal, so logs of background runs stay clean.
+    ``MEDSEG_PROGRESS=1`` forces it on, ``MEDSEG_PROGRESS=0`` off.
+
+    Args:
+        enabled: ``True``/``False`` to force; ``None`` (default) decides as above.
+        desc: label in front of the bar (the epoch is appended by ignite).
+
+    Examples:
+        >>> from ignite.engine import Engine
+        >>> engine = Engine(lambda e, b: {"loss": 0.5})
+        >>> ProgressBar(enabled=False).attach(engine)  # a no-op; enabled=True would draw the bar
+    """
+
+    def __init__(self, enabled: bool | None = None, desc: str = "") -> None:
+        self.enabled = enabled
+        self.desc = desc
+
+    def is_enabled(self) -> bool:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return False
+        env = os.environ.get("MEDSEG_PROGRESS", "").strip().lower()
+        if env in ("0", "false", "no", "off"):
+            return False
+        if env in ("1", "true", "yes", "on"):
+            return True
+        if self.enabled is not None:
+            return bool(self.enabled)
+        return sys.stderr.isatty()
+
+    def attach(self, engine: Engine) -> None:
+        if not self.is_enabled():
+            return
+        from ignite.handlers import ProgressBar as _IgniteBar
+
+        def loss_of(output: object) -> dict[str, float]:
+            loss = output.get("loss") if isinstance(output, dict) else None
+            return {"loss": float(loss)} if loss is not None else {}
+
+        _IgniteBar(persist=False, desc=self.desc).attach(engine, output_transform=loss_of)
 
 
 class TrainingLog:
