@@ -4,6 +4,8 @@ Examples::
 
     medseg evaluate --pred outputs/preds --label ../shared/data/BTCV_like/labelsTr --classes btcv13 --out outputs/eval
     medseg evaluate --pred preds --label RawData/Training/label --protocol legacy_unetrpp --classes synapse8
+    medseg evaluate --pred outputs/preds --label labelsTr --space resampled --target-spacing 1.5,1.5,2 --out ev
+    medseg evaluate --pred outputs/preds --label labelsTr --space resampled --preprocessing ct_abdomen --out ev
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import EXIT_CASES_FAILED, EXIT_OK, UsageError
 from pipeline.evaluation.protocols import PROTOCOLS, get_protocol
+from pipeline.evaluation.space import SPACES, TargetSpacing, parse_target_spacing, spacing_from_preset
 
 __all__ = ["register", "run"]
 
@@ -37,6 +40,24 @@ def _both_empty(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'exclude' or a number, got {text!r}") from None
+
+
+def _target_spacing(args: argparse.Namespace) -> TargetSpacing | None:
+    """The resampled grid's spacing from ``--target-spacing`` / ``--preprocessing``, checked against ``--space``."""
+    given = [f"--{name}" for name, value in (("target-spacing", args.target_spacing),
+                                            ("preprocessing", args.preprocessing)) if value is not None]
+    if args.space == "original":
+        if given:
+            raise UsageError(f"{given[0]} applies only with --space resampled (the default space is original)")
+        return None
+    if len(given) == 2:
+        raise UsageError("--target-spacing and --preprocessing both given: pass only one")
+    if not given:
+        raise UsageError("--space resampled needs --target-spacing X,Y,Z (mm) or --preprocessing PRESET")
+    if args.target_spacing is not None:
+        spacing = parse_target_spacing(args.target_spacing)
+        return TargetSpacing(spacing, source=f"--target-spacing {args.target_spacing}")
+    return spacing_from_preset(args.preprocessing)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,7 +89,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", default="dice,hd95", help="comma list among dice,hd95,assd,nsd")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in the protocol's units")
     p.add_argument("--no-affine-check", action="store_true",
-                   help="compare voxel by voxel even when prediction and label affines differ")
+                   help="compare voxel by voxel even when prediction and label affines differ (in resampled space: "
+                        "a prediction of the label's shape is taken to lie on the label's grid)")
+    p.add_argument("--space", choices=SPACES, default="original",
+                   help="original: score on each label's grid with its header spacing; resampled: resample label "
+                        "and prediction (nearest neighbour, each through its own affine) onto a grid with the target "
+                        "spacing covering the label's extent, and score there")
+    p.add_argument("--target-spacing", default=None, metavar="X,Y,Z",
+                   help="--space resampled: target spacing in mm, in the label's array axis order as nibabel loads "
+                        "it (one number: isotropic)")
+    p.add_argument("--preprocessing", default=None, metavar="PRESET",
+                   help="--space resampled: use this preprocessing preset's target pixdim (per RAS axis for presets "
+                        "that reorient to RAS) instead of --target-spacing")
     p.add_argument("--split", default=None, help="name of the split the cases come from (stated in the report)")
     p.add_argument("--require-all", action="store_true",
                    help="exit 1 when a label has no prediction (default: reported only)")
@@ -87,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--metrics: unknown {sorted(bad)}; expected some of dice,hd95,assd,nsd")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be >= 1")
+    target = _target_spacing(args)
     overrides: dict = {"hd95_definition": args.hd95_definition}
     if args.voxel_units:
         overrides["units"] = "voxel"
@@ -105,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_folders(
         args.pred, args.label, protocol, args.classes, args.out, args.workers, metrics=metrics,
         nsd_tolerance=args.nsd_tolerance, check_affine=not args.no_affine_check, progress=not args.quiet,
-        split=args.split,
+        split=args.split, space=args.space, target_spacing=target,
     )
     for case, error in summary.failures:
         print(f"error: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ from pipeline.evaluation.classes import ClassSet, resolve_classes
 from pipeline.evaluation.io import list_label_files, pair_cases, read_label_map
 from pipeline.evaluation.metrics import as_label_map, evaluate_case, image_diagonal
 from pipeline.evaluation.protocols import EXCLUDE, PENALTY_DIAGONAL, Protocol, get_protocol
+from pipeline.evaluation.space import SPACES, TargetSpacing, to_target_space
 
 __all__ = ["Summary", "evaluate_folders", "find_dataset_json", "AFFINE_TOLERANCE_MM"]
 
@@ -61,22 +62,26 @@ class _DeclaredIds(frozenset):
         return (_DeclaredIds, (tuple(self), self.source))
 
 
-def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | None, str | None, float]:
-    """Worker: read, check and score one (prediction, label) pair. Never raises: errors come back as one line."""
-    case, pred_path, label_path, classes, protocol, metrics, nsd_tol, check_affine, declared = job
+def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | None, str | None, float, dict | None]:
+    """Worker: read, check and score one (prediction, label) pair. Never raises: errors come back as one line.
+
+    Returns ``(case, rows, error, image diagonal, grid scored on {"shape", "spacing"})``.
+    """
+    case, pred_path, label_path, classes, protocol, metrics, nsd_tol, check_affine, declared, target = job
     try:
         label, aff_l, spacing = read_label_map(label_path)
         pred, aff_p, _ = read_label_map(pred_path)
-        if pred.shape != label.shape:
-            raise InputDataError(f"shape {pred.shape} differs from the label's {label.shape} ({label_path})",
-                                 path=pred_path)
-        if check_affine and not np.allclose(aff_p, aff_l, rtol=0, atol=AFFINE_TOLERANCE_MM):
-            diff = float(np.max(np.abs(aff_p - aff_l)))
-            raise InputDataError(
-                f"affine differs from the label's ({label_path}) by up to {diff:.4g} mm: not on the same grid "
-                "(resample/invert the prediction, or pass --no-affine-check to compare voxel by voxel)",
-                path=pred_path,
-            )
+        if target is None:  # original space: the prediction must be on the label's grid
+            if pred.shape != label.shape:
+                raise InputDataError(f"shape {pred.shape} differs from the label's {label.shape} ({label_path})",
+                                     path=pred_path)
+            if check_affine and not np.allclose(aff_p, aff_l, rtol=0, atol=AFFINE_TOLERANCE_MM):
+                diff = float(np.max(np.abs(aff_p - aff_l)))
+                raise InputDataError(
+                    f"affine differs from the label's ({label_path}) by up to {diff:.4g} mm: not on the same grid "
+                    "(resample/invert the prediction, or pass --no-affine-check to compare voxel by voxel)",
+                    path=pred_path,
+                )
         try:
             label = as_label_map(label, "label")
         except ValueError as exc:
@@ -92,21 +97,25 @@ def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | None, str | None, floa
                 if bad:
                     raise InputDataError(f"{role} values {bad} are not in the declared label set {sorted(ids)} "
                                          f"({source})", path=path)
+        if target is not None:  # resampled space: both onto the label's extent at the target spacing
+            pred, label, spacing, _ = to_target_space(pred, aff_p, label, aff_l, target, check=check_affine,
+                                                      pred_path=pred_path, label_path=label_path)
         cls = classes if classes is not None else {i: f"class_{i}" for i in _present_ids(pred, label)}
+        grid = {"shape": [int(n) for n in label.shape], "spacing": [float(v) for v in spacing]}
         if not cls:
-            return case, [], None, image_diagonal(label.shape, spacing)
+            return case, [], None, image_diagonal(label.shape, spacing), grid
         units_spacing = None if protocol.units == "voxel" else spacing
         rows = evaluate_case(pred, label, spacing, cls, protocol, metrics=metrics, nsd_tolerance=nsd_tol)
         for row in rows:
             row["case"] = case
-        return case, rows, None, image_diagonal(label.shape, units_spacing)
+        return case, rows, None, image_diagonal(label.shape, units_spacing), grid
     except PipelineError as exc:
-        return case, None, str(exc), math.nan
+        return case, None, str(exc), math.nan, None
     except MemoryError:
-        return case, None, f"{pred_path}: out of memory while scoring", math.nan
+        return case, None, f"{pred_path}: out of memory while scoring", math.nan, None
     except Exception as exc:  # noqa: BLE001 - one line per failed case, the batch carries on
         msg = " ".join(str(exc).split()) or type(exc).__name__
-        return case, None, f"{pred_path}: {type(exc).__name__}: {msg}", math.nan
+        return case, None, f"{pred_path}: {type(exc).__name__}: {msg}", math.nan, None
 
 
 def _fill_value(rule: float | str, diagonal: float) -> float | None:
@@ -134,6 +143,9 @@ class Summary:
         metrics: the metrics computed.
         split: free text naming the split the cases come from (stated in the report header).
         pred_dir / label_dir: the inputs.
+        space: ``"original"`` (each label's own grid) or ``"resampled"`` (label extent at ``target_spacing``).
+        target_spacing: the resampled grid's spacing and its source; None in original space.
+        grids: per scored case, the grid the metrics were computed on: ``{"shape": [...], "spacing": [...]}``.
     """
 
     protocol: Protocol
@@ -148,6 +160,9 @@ class Summary:
     split: str | None = None
     pred_dir: str = ""
     label_dir: str = ""
+    space: str = "original"
+    target_spacing: TargetSpacing | None = None
+    grids: dict[str, dict] = field(default_factory=dict)
 
     @property
     def cases(self) -> list[str]:
@@ -205,6 +220,8 @@ def evaluate_folders(
     check_affine: bool = True,
     progress: bool = False,
     split: str | None = None,
+    space: str = "original",
+    target_spacing: TargetSpacing | Sequence[float] | float | None = None,
 ) -> Summary:
     """Score every prediction in ``pred_dir`` against its label in ``label_dir`` (paired by case id).
 
@@ -221,18 +238,39 @@ def evaluate_folders(
         check_affine: refuse a case whose prediction and label affines differ (not the same grid).
         progress: show a progress bar on stderr.
         split: name of the split the cases come from, stated in the report header.
+        space: ``"original"``: score on each label's grid with its header spacing; ``"resampled"``: resample the
+            label and the prediction (nearest neighbour, each through its own affine) onto a grid with
+            ``target_spacing`` covering the label's extent (see :mod:`pipeline.evaluation.space`), and score there.
+            With ``check_affine``, a prediction whose direction differs from the label's or that does not overlap
+            it fails (one line); without it, a prediction of the label's shape is taken voxel by voxel.
+        target_spacing: required for ``"resampled"`` (a :class:`~pipeline.evaluation.space.TargetSpacing`, or mm
+            per label array axis, one number for isotropic); must be None for ``"original"``.
 
     Returns:
         A :class:`Summary`. Per-case failures are recorded in it, not raised.
 
     Raises:
         InputDataError: a folder is missing or holds no image, or no prediction pairs with a label.
+        UsageError: an unknown ``space``, or ``target_spacing`` missing (resampled) or given (original).
 
     Examples:
         >>> s = evaluate_folders("preds/", "../shared/data/BTCV_like/labelsTr", classes="btcv13")  # doctest: +SKIP
         >>> s.means()["dice"]  # doctest: +SKIP
     """
     proto = get_protocol(protocol)
+    if space not in SPACES:
+        raise UsageError(f"--space {space!r}: expected one of {', '.join(SPACES)}")
+    if space == "resampled" and target_spacing is None:
+        raise UsageError("--space resampled needs --target-spacing X,Y,Z (mm) or --preprocessing PRESET")
+    if space == "original" and target_spacing is not None:
+        raise UsageError("--target-spacing/--preprocessing apply only with --space resampled")
+    target = None
+    if target_spacing is not None:
+        try:
+            target = target_spacing if isinstance(target_spacing, TargetSpacing) else TargetSpacing(
+                tuple(np.broadcast_to(np.asarray(target_spacing, float), (3,))))
+        except ValueError as exc:
+            raise UsageError(f"--target-spacing: {exc}") from None
     metrics = tuple(dict.fromkeys(("dice", "hd95", *metrics)))
     if classes is None:
         found = find_dataset_json(label_dir)
@@ -255,7 +293,7 @@ def evaluate_folders(
     cls_arg = None if cset is None else dict(cset.labels)
     declared = _DeclaredIds(cset.labels, cset.description[len("labels of "):]) \
         if cset is not None and cset.description.startswith("labels of ") else None
-    jobs = [(case, p, lab, cls_arg, proto, metrics, nsd_tolerance, check_affine, declared)
+    jobs = [(case, p, lab, cls_arg, proto, metrics, nsd_tolerance, check_affine, declared, target)
             for case, p, lab in pairing.pairs]
     n_workers = min(len(jobs), workers if workers else min(4, os.cpu_count() or 1))
     if n_workers < 1:
@@ -285,15 +323,16 @@ def evaluate_folders(
     results.sort(key=lambda r: r[0])
 
     if cset is None:  # auto: every id seen anywhere; cases lacking one get a both-empty row
-        ids = sorted({r["class"] for _, rows, _, _ in results if rows for r in rows})
+        ids = sorted({r["class"] for _, rows, _, _, _ in results if rows for r in rows})
         cset = ClassSet("auto", {i: f"class_{i}" for i in ids}, "every label id found in the labels or predictions")
     summary = Summary(proto, cset, metrics=metrics, nsd_tolerance=nsd_tolerance, split=split,
                       missing=pairing.missing, extra=pairing.extra, ambiguous=pairing.ambiguous,
-                      pred_dir=str(pred_dir), label_dir=str(label_dir))
-    for case, rows, error, diagonal in results:
+                      pred_dir=str(pred_dir), label_dir=str(label_dir), space=space, target_spacing=target)
+    for case, rows, error, diagonal, grid in results:
         if error is not None:
             summary.failures.append((case, error))
             continue
+        summary.grids[case] = grid
         have = {r["class"] for r in rows}
         for cid, cname in cset.labels.items():
             if cid not in have:

@@ -1,8 +1,8 @@
 """Report writers: the per-case long CSV, the summary JSON and a Markdown table laid out like the papers'.
 
-Every header states the protocol (and any overridden rule), the HD95 definition and units, the class set, the
-empty-mask penalties and the split; legacy protocols carry a warning banner. Files are written atomically:
-``per_case.csv``, ``summary.json``, ``summary.md``.
+Every header states the protocol (and any overridden rule), the HD95 definition and units, the scoring space and
+spacing, the class set, the empty-mask penalties and the split; legacy protocols carry a warning banner. Files are
+written atomically: ``per_case.csv``, ``summary.json``, ``summary.md``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from pathlib import Path
 from pipeline.evaluation.folders import Summary
 from pipeline.utils.atomic import atomic_path, save_json_atomic
 
-__all__ = ["write_reports", "summary_to_json", "summary_to_markdown", "rows_to_csv", "REPORT_FILES", "CSV_COLUMNS"]
+__all__ = [
+    "write_reports", "summary_to_json", "summary_to_markdown", "rows_to_csv", "header_lines", "space_text",
+    "REPORT_FILES", "CSV_COLUMNS",
+]
 
 #: the files :func:`write_reports` writes into the output folder
 REPORT_FILES = ("per_case.csv", "summary.json", "summary.md")
@@ -54,14 +57,29 @@ def _units(summary: Summary) -> str:
     return "mm" if summary.protocol.units == "mm" else "voxels"
 
 
+def space_text(summary: Summary) -> str:
+    """The scoring space and the spacing used, for report headers."""
+    if summary.space == "resampled" and summary.target_spacing is not None:
+        return (f"resampled: label and prediction resampled (nearest neighbour, each through its own affine) onto "
+                f"a grid of {summary.target_spacing.describe()} covering the label's extent")
+    return "original: each label's own grid, spacing from its header"
+
+
 def header_lines(summary: Summary) -> list[str]:
-    """The facts every report states: protocol, HD95 definition and units, classes, penalties, split, cases."""
+    """The facts every report states: protocol, HD95 definition and units, space, classes, penalties, split, cases."""
     p = summary.protocol
-    spacing = "spacing from the label headers" if p.units == "mm" else "no spacing: VOXEL units"
+    grid = "the resampled grid" if summary.space == "resampled" else "the label grid"
+    if p.units == "voxel":
+        spacing = f"no spacing: VOXEL units of {grid}"
+    elif summary.space == "resampled":
+        spacing = "target spacing of the resampled grid"
+    else:
+        spacing = "spacing from the label headers"
     ids = ", ".join(f"{k} {v}" for k, v in summary.classes.labels.items())
     lines = [
         f"protocol: {p.name}" + (f" (overridden: {', '.join(p.overrides)})" if p.overrides else "") + f": {p.summary}",
         f"HD95: {_HD95_TEXT[p.hd95_definition]}, in {_units(summary)} ({spacing})",
+        f"space: {space_text(summary)}",
         f"empty masks: {p.penalty_text()}",
         f"classes: {summary.classes.name}, {len(summary.classes.labels)} classes ({ids})",
         f"split: {summary.split or 'not stated (pass --split NAME)'}",
@@ -90,6 +108,9 @@ def summary_to_json(summary: Summary) -> dict:
         "classes": summary.classes.to_dict(),
         "split": summary.split,
         "metrics": list(summary.metrics),
+        "space": summary.space,
+        "target_spacing": summary.target_spacing.to_dict() if summary.target_spacing is not None else None,
+        "grids": summary.grids,
         "header": header_lines(summary),
         "warning": summary.protocol.warning,
         "mean": summary.means(pc),
@@ -115,7 +136,8 @@ def summary_to_markdown(summary: Summary) -> str:
     pc = summary.per_class()
     means = summary.means(pc)
     p = summary.protocol
-    out = [f"## Evaluation: protocol `{p.name}`, {summary.classes.name}, HD95 in {_units(summary)}", ""]
+    out = [f"## Evaluation: protocol `{p.name}`, {summary.classes.name}, HD95 in {_units(summary)}, "
+           f"{summary.space} space", ""]
     if p.warning:
         out += [f"> **{p.warning}**", ""]
     out += [f"- {line}" for line in header_lines(summary)] + [""]
