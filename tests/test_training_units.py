@@ -164,3 +164,26 @@ def test_progress_bar_shows_the_loss_only_when_enabled(setting, env, shown, caps
     engine.run([1, 2, 3], max_epochs=1)
     err = capsys.readouterr().err
     assert ("loss=0.375" in err and "train" in err) if shown else err == ""
+
+
+def test_learning_curve_from_a_resumed_log(tmp_path):
+    from pipeline.training.curve import main, markdown_table, read_epochs
+
+    log = tmp_path / "training_log.jsonl"
+    records = [
+        {"epoch": 1, "iteration": 2, "epoch_loss": 0.9, "seconds": 5.0},
+        {"epoch": 2, "iteration": 3, "loss": 0.7, "lr": 0.01},  # killed mid-epoch 2 ...
+        {"epoch": 2, "iteration": 4, "epoch_loss": 0.6, "seconds": 4.0, "val_mean_dice": 0.71},  # ... and resumed
+        {"epoch": 3, "iteration": 6, "epoch_loss": 0.5, "seconds": 4.0},
+    ]
+    log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    epochs = read_epochs(log)
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    table = markdown_table(epochs).splitlines()
+    assert table[0].startswith("| epoch | iterations |") and "mean_dice" in table[0]
+    assert table[3] == "| 2 | 4 | 0.6000 | 0.7100 | 4 |" and table[4] == "| 3 | 6 | 0.5000 | - | 4 |"
+    png = tmp_path / "curve.png"
+    assert main([str(log), "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log.write_text('{"epoch": 1, "epoch_loss": 0.9}\nnot json\n')
+    assert main([str(log)]) == 3
