@@ -1,13 +1,18 @@
 #!/usr/bin/env python
 """Speed and size of the 3D Swin-Unet family against MONAI's SwinUNETR, measured side by side in one run.
 
-Three tables (inference: ``eval()`` + ``torch.inference_mode()``, fp32, CPU unless ``--device``):
+Four tables (inference: ``eval()`` + ``torch.inference_mode()``, fp32, CPU unless ``--device``):
 
 1. **Window attention at equal maths.** Our :class:`~pipeline.networks.swin3d.SwinAttention3D` (SDPA, windows folded
    into the batch, cached bias + mask) against MONAI SwinUNETR's ``WindowAttention`` with the same dim, heads, window
    and grid, both including the cyclic roll and window partition/reverse (MONAI's ``window_partition``,
    ``window_reverse``, ``compute_mask``). MONAI's weights are copied into ours and the outputs compared ("max diff").
-2. **Whole network per window.** ``swinunet3d`` against ``SwinUNETR(feature_size=48)`` at a 96^3 ROI.
+   The qkv and output projections are the same two ``Linear`` layers on the same tokens in both, so the table also
+   gives their time ("linears", timed once) and the speed-up of the attention core (module time minus linears).
+2. **All window attentions of one network forward.** Every ``SwinAttention3D`` of ``swinunet3d`` at both ROIs, each
+   timed on the activation it really receives (captured with a forward hook) against a MONAI twin with the same grid,
+   window, shift and weights; the sums are the window-attention time of one forward pass.
+3. **Whole network per window.** ``swinunet3d`` against ``SwinUNETR(feature_size=48)`` at a 96^3 ROI.
 4. **Presets.** Parameters, GMACs (``torch.utils.flop_counter`` with the math SDPA backend so the attention matmuls
    count; 1 MAC = 2 FLOPs) and forward time of every preset at the 96^3 and Synapse-style 128x128x64 (x, y, z) ROIs.
 
