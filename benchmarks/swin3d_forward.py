@@ -27,9 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.benchmark import median_time  # noqa: E402
+from pipeline.benchmark import median_time, system_stamp, write_section  # noqa: E402
+from pipeline.benchmark.sections import command_line  # noqa: E402
 from pipeline.networks import create_network  # noqa: E402
 from pipeline.networks.swin3d import SwinAttention3D  # noqa: E402
 from pipeline.networks.swin3d.presets import BTCV_ROI, SYNAPSE_ROI  # noqa: E402
@@ -96,7 +94,7 @@ def _ours_from_monai(ref: _MonaiShiftedWindowAttention, dim: int, heads: int, gr
 
 
 def _monai_from_ours(ours: SwinAttention3D) -> _MonaiShiftedWindowAttention:
-    """MONAI twin of one of our (already built, possibly trained) attention modules: same grid, window, shift, weights."""
+    """MONAI twin of one of our (built, possibly trained) attention modules: same grid, window, shift, weights."""
     a = ours.attn
     ref = _MonaiShiftedWindowAttention(ours.qkv.in_features, a.num_heads, a.grid, a.window_size, a.shift_size)
     with torch.no_grad():
@@ -271,22 +269,6 @@ def tables(attn: list[dict], net: dict, presets: list[dict], net_attn: Sequence[
     return "\n".join(lines) + "\n"
 
 
-def _environment(threads: int) -> str:
-    import monai
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (
-        f"- CPU: {cpu}, {os.cpu_count()} cores, torch threads {threads} "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})\n"
-        f"- torch {torch.__version__}, MONAI {monai.__version__}, Python {platform.python_version()}\n"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -314,20 +296,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = tables(attn, net, presets, net_attn)
     print(text)
     if args.out:
-        from pipeline.utils.atomic import atomic_path
-
-        command = "python benchmarks/swin3d_forward.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        section = (
-            "## 3D Swin-Unet family: speed and size (`benchmarks/swin3d_forward.py`)\n\n"
-            f"- command: `{command.strip()}`\n"
-            f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n"
-            f"{_environment(torch.get_num_threads())}"
-            f"- repeats: median of {repeats} (after one warm-up run); the machine is shared, so compare ratios "
-            "measured in the same run\n\n" + text
-        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(args.out) as tmp:
-            Path(tmp).write_text(section)
+        write_section(
+            args.out, "3D Swin-Unet family: speed and size (`benchmarks/swin3d_forward.py`)", text,
+            command=command_line(argv, "benchmarks/swin3d_forward.py"), stamp=system_stamp("cpu"),
+            script="swin3d_forward",
+            notes=[f"repeats: median of {repeats} (after one warm-up run); the machine is shared, so compare ratios "
+                   "measured in the same run"],
+        )
     return 0
 
 
