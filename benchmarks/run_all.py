@@ -6,7 +6,11 @@ Usage::
     python benchmarks/run_all.py                      # all scripts, median of 3 repeats, writes benchmarks/RESULTS.md
     python benchmarks/run_all.py --only eval_speed    # one script; the other sections are re-assembled as they are
     python benchmarks/run_all.py --quick              # smoke run into outputs/bench_quick/ (published figures untouched)
-    python benchmarks/run_all.py --no-run             # only re-assemble RESULTS.md from benchmarks/results/*.md
+    python benchmarks/run_all.py --no-run             # only re-assemble RESULTS.md (results/ + notes/)
+
+Hand-written notes on a section go in ``benchmarks/notes/<script>.md`` (never in ``results/``, which the scripts
+overwrite); they are printed after the section. ``--no-run`` re-uses the last suite run's record
+(``results/suite_run.json``), so it reproduces RESULTS.md byte for byte when nothing changed.
 
 The scripts (``unetrpp_forward.py``, ``swin3d_forward.py``, ``eval_speed.py``, ``infer_volume.py`` and any other
 ``benchmarks/*.py`` with a ``main``) run one at a time as child processes, each with ``--out results/<stem>.md

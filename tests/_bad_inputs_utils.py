@@ -19,6 +19,16 @@ AFFINE = np.diag([*SPACING, 1.0])
 #: a 3-class MONAI UNet small enough for sub-second CPU inference
 
 
+def cli(capture, *argv: object) -> tuple[int, str, str]:
+    """Run ``medseg argv`` in-process; return (exit code, stdout, stderr). ``capture`` is pytest's capsys or capfd."""
+    from pipeline.cli import main
+
+    capture.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capture.readouterr()
+    return rc, out, err
+
+
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
     """Save ``array`` as NIfTI (creating the folder) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +91,68 @@ def folder(path: Path) -> None:
 def broken_link(path: Path) -> None:
     """A symbolic link to a file that does not exist (an unreadable input, even for root)."""
     os.symlink(path.parent / "does-not-exist" / path.name, path)
+
+
+def link_loop(path: Path) -> None:
+    """A symbolic link to itself (``ln -s x x``): every stat of it fails with ELOOP."""
+    os.symlink(path, path)
+
+
+def fifo(path: Path) -> None:
+    """A named pipe with an image name: opening it for reading blocks until a writer comes (never, here)."""
+    os.mkfifo(path)
+
+
+def device_link(path: Path) -> None:
+    """A symbolic link to the character device /dev/null, named like an image."""
+    os.symlink("/dev/null", path)
+
+
+def raw_nifti(array: np.ndarray, edit: Callable[[nib.Nifti1Header], None] = lambda h: None,
+              affine: np.ndarray = AFFINE) -> Callable[[Path], None]:
+    """Writer: a NIfTI-1 file whose header bytes are written exactly as ``edit`` leaves them.
+
+    nibabel "fixes" some header fields on save (zero voxel sizes become 1), so broken headers are built by hand:
+    the header block, a 4-byte empty extension flag, then the voxels in Fortran order (gzip for ``.nii.gz``).
+    """
+    def write(path: Path) -> None:
+        arr = np.asarray(array)
+        hdr = nib.Nifti1Header()
+        hdr.set_data_shape(arr.shape)
+        hdr.set_data_dtype(arr.dtype)
+        hdr.set_zooms(tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))[: arr.ndim])
+        hdr.set_qform(affine, code=1)
+        hdr.set_sform(affine, code=1)
+        hdr.set_data_offset(352)
+        edit(hdr)
+        data = hdr.binaryblock + b"\0" * 4 + arr.tobytes(order="F")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return write
+
+
+def no_affine(pixdim: Sequence[float]) -> Callable[[nib.Nifti1Header], None]:
+    """Header edit: qform_code = sform_code = 0 and the given ``pixdim`` voxel size (0 or NaN: unknown spacing)."""
+    def edit(hdr: nib.Nifti1Header) -> None:
+        hdr.set_qform(None, code=0)
+        hdr.set_sform(None, code=0)
+        hdr["pixdim"][1:4] = pixdim
+    return edit
+
+
+def nan_sform(hdr: nib.Nifti1Header) -> None:
+    """Header edit: an sform (code 1) with a NaN entry."""
+    hdr["srow_x"] = [np.nan, 0.0, 0.0, 0.0]
+
+
+def mha_bytes(extra_header: str, shape: Sequence[int] = (6, 5, 4)) -> Callable[[Path], None]:
+    """Writer: an uncompressed MetaImage (.mha) of zeros whose header gets ``extra_header`` lines."""
+    def write(path: Path) -> None:
+        head = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                f"DimSize = {' '.join(map(str, shape))}\nElementType = MET_SHORT\n{extra_header}"
+                "ElementDataFile = LOCAL\n")
+        path.write_bytes(head.encode() + np.zeros(tuple(shape)[::-1], np.int16).tobytes())
+    return write
 
 
 def gz_text(path: Path) -> None:

@@ -23,6 +23,7 @@ BUNDLES = (
     "swinunet3d_lgt_btcv_ct_segmentation",
     "unetrpp_hippocampus_mri_segmentation",
     "unetrpp_sts_ct_segmentation",
+    "swinunet3d_hippocampus_mri_segmentation",
 )
 
 
@@ -59,6 +60,8 @@ SMOKE: dict[str, SmokeSpec] = {
     # the hippocampus network is small: it runs at its real patch, checked against the real metadata
     "unetrpp_hippocampus_mri_segmentation": SmokeSpec((32, 48, 32), (34, 50, 33), (1.0, 1.0, 1.0), 3, mri=True),
     "unetrpp_sts_ct_segmentation": SmokeSpec((32, 32, 16), (36, 34, 18), (1.0, 1.0, 3.0), 2, net=_SMALL_UNETRPP),
+    "swinunet3d_hippocampus_mri_segmentation": SmokeSpec((32, 48, 32), (34, 50, 33), (1.0, 1.0, 1.0), 3, mri=True,
+                                                         net=_SMALL_SWIN),
 }
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main
 from pipeline.paths import BUNDLES_DIR, PROJECT_ROOT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,27 +31,26 @@ from _bad_inputs_utils import (  # noqa: E402
     SHAPE,
     assert_clean_error,
     broken_link,
+    cli,
     ct_case,
+    device_link,
+    fifo,
     folder,
     gz_text,
     is_root,
+    link_loop,
     make_bundle,
+    mha_bytes,
     nifti,
+    no_affine,
     raw_bytes,
+    raw_nifti,
     truncate,
     write_msd_dataset,
     write_nifti,
 )
 
 QUIET = ["--quiet"]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run ``medseg argv`` in-process; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +77,7 @@ def _assert_complete_prediction(out_dir: Path, case: str) -> None:
 
 
 # ======================================================================================================== infer: batch
-# (input name, writer, regex the error line must match); each batch = good.nii.gz + the bad one
+# (input name, writer, regexes the error line must match); each batch = good.nii.gz + the bad one
 _NAN = np.full(SHAPE, np.nan, np.float32)
 _INF = np.zeros(SHAPE, np.float32)
 _INF[::3] = np.inf
@@ -96,21 +94,53 @@ BAD_INFER_CASES = {
     "inf_voxels": ("bad.nii.gz", nifti(_INF), r"0 NaN and \d+ Inf"),
     "folder_not_file": ("bad.nii.gz", folder, r"is a folder, not an image file"),
     "broken_symlink": ("bad.nii.gz", broken_link, r"file not found \(broken symbolic link\)"),
+    # issue 16: filesystem oddities are per-case problems, never an aborted batch, a hang or a dropped file
+    "symlink_loop": ("bad.nii.gz", link_loop, r"symbolic link loop"),
+    "named_pipe": ("bad.nii.gz", fifo, r"not a regular file but a named pipe \(FIFO\)"),
+    "device_file": ("bad.nii.gz", device_link, r"not a regular file but a character device"),
+    # header oddities
+    "truncated_uncompressed_nii": ("bad.nii", "truncate", r"truncated file: the header declares 17280 bytes of voxel "
+                                   r"data from byte 352, the file holds \d+"),
+    "complex_voxels": ("bad.nii.gz", nifti(np.ones(SHAPE, np.complex64)), r"complex-valued voxels \(complex64\)"),
+    "rgb_voxels": ("bad.nii.gz", nifti(np.zeros(SHAPE, [("R", "u1"), ("G", "u1"), ("B", "u1")])),
+                   r"RGB/structured voxels"),
+    "zero_size_shape": ("bad.nii.gz", raw_nifti(np.zeros((20, 0, 12), np.int16)),
+                        r"header declares no voxels \(shape 20x0x12\)"),
+    "huge_declared_shape": ("bad.nii.gz", raw_nifti(np.zeros(0, np.int16), lambda h: h.set_data_shape((30000,) * 3)),
+                            r"30000x30000x30000 volume .* needs about [\d.]+ GB but only"),
+    "zero_pixdim_no_affine": ("bad.nii.gz", raw_nifti(ct_case(1)[0], no_affine([0, 0, 0])),
+                              r"no usable voxel geometry: no orientation in the header \(qform_code = sform_code = 0\)"
+                              r", and the pixdim voxel size \[0, 0, 0\] is zero/NaN", r"set_zooms"),
+    "nan_pixdim_no_affine": ("bad.nii.gz", raw_nifti(ct_case(1)[0], no_affine([np.nan] * 3)),
+                             r"no usable voxel geometry: .*pixdim voxel size \[nan, nan, nan\]"),
+    "header_dim0_out_of_range": ("bad.nii.gz", raw_nifti(ct_case(1)[0], lambda h: h["dim"].__setitem__(0, 9)),
+                                 r"corrupt NIfTI header: dim\[0\] \(the number of dimensions\) is 9, must be 1 to 7"),
+    "header_unknown_datatype": ("bad.nii.gz", raw_nifti(ct_case(1)[0], lambda h: h.__setitem__("datatype", 255)),
+                                r"unsupported NIfTI datatype code 255"),
+    "header_offset_past_end": ("bad.nii.gz", raw_nifti(ct_case(1)[0], lambda h: h.__setitem__("vox_offset", 1e9)),
+                               r"corrupt header: the voxel data offset \(vox_offset 1000000000\) lies beyond the end"),
+    "mha_zero_spacing": ("bad.mha", mha_bytes("ElementSpacing = 0 0 0\n"),
+                         r"invalid geometry in the header: zero voxel spacing"),
+    "mha_singular_direction": ("bad.mha", mha_bytes("TransformMatrix = 1 0 0 0 1 0 0 0 0\n"),
+                               r"invalid geometry in the header: the direction matrix is not invertible"),
 }
 
 
 @pytest.mark.parametrize("kind", list(BAD_INFER_CASES))
 def test_infer_batch_reports_bad_case_and_finishes_others(kind, bundle, good_image, tmp_path, capsys):
-    name, writer, pattern = BAD_INFER_CASES[kind]
+    name, writer, *patterns = BAD_INFER_CASES[kind]
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     (inp / "good.nii.gz").write_bytes(good_image.read_bytes())
     bad = inp / name
-    (truncate(good_image) if writer == "truncate" else writer)(bad)
+    src = good_image
+    if name.endswith(".nii") and writer == "truncate":  # an uncompressed copy to cut short
+        src = write_nifti(tmp_path / "plain.nii", nib.load(str(good_image)).get_fdata(dtype=np.float32))
+    (truncate(src) if writer == "truncate" else writer)(bad)
     before = sorted(p.name for p in inp.iterdir())
     rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", out, *QUIET)
     assert rc == 1, err  # a batch finished with a failed case
-    assert_clean_error(err, bad, pattern)
+    assert_clean_error(err, bad, *patterns)
     assert "1 written, 0 skipped (exist), 1 failed" in err
     _assert_complete_prediction(out, "good")
     assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.nii.gz"]  # nothing for the bad case
@@ -161,6 +191,59 @@ def test_infer_stitching_too_large_for_memory_then_streaming_fits(bundle, tmp_pa
                      "--streaming", *QUIET)
     assert rc == 0, err
     assert nib.load(str(tmp_path / "stream" / "big.nii.gz")).shape == (96, 96, 64)
+
+
+def test_infer_two_files_for_one_case_fail_that_case_only(bundle, good_image, tmp_path, capsys):
+    """``a.nii`` and ``a.nii.gz`` would both write ``a.nii.gz``: neither is processed, each is named, the rest runs."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "good.nii.gz").write_bytes(good_image.read_bytes())
+    twin_gz = write_nifti(inp / "twin.nii.gz", ct_case(1)[0])
+    twin_nii = write_nifti(inp / "twin.nii", ct_case(2)[0])
+    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", out, *QUIET)
+    assert rc == 1 and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: case twin: ")]
+    assert len(lines) == 2, err
+    assert all(str(twin_gz) in ln and str(twin_nii) in ln and "rename or move one" in ln for ln in lines)
+    assert "1 written, 0 skipped (exist), 2 failed" in err
+    _assert_complete_prediction(out, "good")
+    assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.nii.gz"]
+
+
+def test_datasets_check_two_files_for_one_case_are_broken_not_fatal(good_image, tmp_path, capsys):
+    d = tmp_path / "scans"
+    d.mkdir()
+    (d / "good.nii.gz").write_bytes(good_image.read_bytes())
+    write_nifti(d / "twin.nii.gz", ct_case(1)[0])
+    write_nifti(d / "twin.nii", ct_case(2)[0])
+    rc, out, err = cli(capsys, "datasets", "check", d)
+    assert rc == 3 and "Traceback" not in err and not err.strip(), err  # a report, not an aborted run
+    broken = [ln for ln in out.splitlines() if ln.startswith("BROKEN  twin: two inputs map to case 'twin'")]
+    assert len(broken) == 2, out
+    assert "OK      good" in out
+
+
+def test_infer_warns_about_sub_folders_it_does_not_search(bundle, good_image, tmp_path, capsys):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    (inp / "patient2").mkdir(parents=True)
+    (inp / "good.nii.gz").write_bytes(good_image.read_bytes())
+    (inp / "patient2" / "scan.nii.gz").write_bytes(good_image.read_bytes())
+    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", out, *QUIET)
+    assert rc == 0, err
+    assert f"warning: {inp / 'patient2'}: sub-folder not searched (it holds 1 image file(s))" in err
+    assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.nii.gz"]
+
+
+def test_infer_single_input_that_is_a_link_loop_or_a_pipe(bundle, tmp_path, capsys):
+    loop, pipe = tmp_path / "loop.nii.gz", tmp_path / "pipe.nii.gz"
+    link_loop(loop)
+    fifo(pipe)
+    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", loop, "--output", tmp_path / "o", *QUIET)
+    assert rc == 3
+    assert_clean_error(err, loop, r"input not found: symbolic link loop")
+    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", pipe, "--output", tmp_path / "o", *QUIET)
+    assert rc == 1  # a batch of one whose case failed, without blocking on the pipe
+    assert_clean_error(err, pipe, r"not a regular file but a named pipe")
 
 
 # ===================================================================================================== infer: whole run
@@ -348,6 +431,11 @@ BAD_PREDICTIONS = {
     "affine_mismatch": (nifti(np.zeros(SHAPE, np.uint8), np.diag([1.5, 1.5, 2.5, 1.0])), r"affine differs"),
     "probabilities_not_labels": (nifti(_prob_map()), r"non-integer values"),
     "prediction_2d": (nifti(np.zeros(SHAPE[:2], np.uint8)), r"expected a 3D label map"),
+    # issue 16: never a hang, never a silently missing case, never a distance from an invented spacing
+    "symlink_loop": (link_loop, r"symbolic link loop"),
+    "named_pipe": (fifo, r"not a regular file but a named pipe \(FIFO\)"),
+    "zero_pixdim_no_affine": (raw_nifti(ct_case(1)[1], no_affine([0, 0, 0])),
+                              r"no usable voxel geometry: .*pixdim voxel size \[0, 0, 0\]"),
 }
 
 
@@ -359,6 +447,7 @@ def test_evaluate_batch_reports_bad_prediction_and_scores_others(kind, dataset, 
     for i in range(3):
         (pred / f"c{i}.nii.gz").write_bytes((dataset / "labelsTr" / f"c{i}.nii.gz").read_bytes())
     bad = pred / "c1.nii.gz"
+    bad.unlink()  # the writer replaces the good copy (a link or pipe cannot be written over a file)
     (truncate(dataset / "labelsTr" / "c1.nii.gz") if writer == "truncate" else writer)(bad)
     rc, _, err = cli(capsys, "evaluate", "--pred", pred, "--label", dataset / "labelsTr", "--classes", "1,2",
                      "--out", rep, "--workers", "1", *QUIET)
@@ -424,6 +513,13 @@ BAD_DATASET_CASES = {
     "image_4d_wrong_channels": ("imagesTr", nifti(np.zeros((*SHAPE, 2), np.float32)),
                                 r"image has 2 channel\(s\), the dataset declares 1"),
     "image_2d": ("imagesTr", nifti(np.zeros(SHAPE[:2], np.float32)), r"image has 2 spatial dimensions"),
+    # issue 16: the same per-file problems as infer, reported per case
+    "image_symlink_loop": ("imagesTr", link_loop, r"image unreadable: .*symbolic link loop"),
+    "image_named_pipe": ("imagesTr", fifo, r"image unreadable: .*not a regular file but a named pipe"),
+    "image_zero_pixdim_no_affine": ("imagesTr", raw_nifti(ct_case(1)[0], no_affine([0, 0, 0])),
+                                    r"image unreadable: .*no usable voxel geometry"),
+    "label_nan_pixdim_no_affine": ("labelsTr", raw_nifti(ct_case(1)[1], no_affine([np.nan] * 3)),
+                                   r"label unreadable: .*no usable voxel geometry"),
 }
 
 
@@ -431,7 +527,11 @@ BAD_DATASET_CASES = {
 def test_datasets_check_reports_every_broken_case(kind, dataset, tmp_path, capsys):
     sub, writer, pattern = BAD_DATASET_CASES[kind]
     bad = dataset / sub / "c1.nii.gz"
-    (truncate(bad) if writer == "truncate" else writer)(bad)
+    if writer == "truncate":
+        truncate(bad)(bad)
+    else:
+        bad.unlink()  # the writer replaces the good file (a link or pipe cannot be written over a file)
+        writer(bad)
     report = tmp_path / "check.json"
     rc, out, err = cli(capsys, "datasets", "check", dataset, "--json", report)
     assert rc == 3, out + err

@@ -295,3 +295,75 @@ def test_run_all_script_entry_point(tmp_path):
     assert mod.main(["--no-run", "--results-dir", str(results), "--output", str(out)]) == 0
     assert "## Section A" in out.read_text()
     assert mod.main(["--only", "does_not_exist", "--results-dir", str(results), "--output", str(out)]) == 2
+
+
+# --- hand-written notes and byte-identical re-assembly ---------------------------------------------------------------
+
+
+def _run_all_module():
+    import importlib.util
+
+    from pipeline.paths import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("run_all", PROJECT_ROOT / "benchmarks" / "run_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_committed_results_regenerate_byte_identical_with_notes(tmp_path):
+    """``run_all.py --no-run`` on a copy of benchmarks/results + benchmarks/notes reproduces the committed RESULTS.md
+    byte for byte, notes included; the notes live only in notes/ (a script re-run cannot erase them)."""
+    import shutil
+
+    from pipeline.paths import PROJECT_ROOT
+
+    bench = PROJECT_ROOT / "benchmarks"
+    shutil.copytree(bench / "results", tmp_path / "results")
+    shutil.copytree(bench / "notes", tmp_path / "notes")
+    out = tmp_path / "RESULTS.md"
+    run_all = _run_all_module()
+    assert run_all.main(["--no-run", "--results-dir", str(tmp_path / "results"), "--output", str(out)]) == 0
+    committed = (bench / "RESULTS.md").read_bytes()
+    assert out.read_bytes() == committed, "RESULTS.md differs from the generator's: run benchmarks/run_all.py --no-run"
+    notes = sorted((bench / "notes").glob("*.md"))
+    assert notes, "benchmarks/notes/ holds no notes"
+    text = out.read_text(encoding="utf-8")
+    for note in notes:
+        body = note.read_text(encoding="utf-8").strip()
+        assert body in text, f"{note.name} is missing from RESULTS.md"
+        section = tmp_path / "results" / note.name
+        assert section.is_file(), f"{note.name} annotates no section"
+        assert body not in section.read_text(encoding="utf-8"), f"hand-written note left in results/{note.name}"
+        # printed right after its own section, before the next one
+        title = read_section(section).title
+        assert text.index(f"## {title}") < text.index(body)
+    # a note edited in notes/ shows up when re-assembled
+    first = notes[0].name
+    (tmp_path / "notes" / first).write_text("Notes: re-measured by hand.\n", encoding="utf-8")
+    assert run_all.main(["--no-run", "--results-dir", str(tmp_path / "results"), "--output", str(out)]) == 0
+    assert "Notes: re-measured by hand." in out.read_text(encoding="utf-8") and out.read_bytes() != committed
+
+
+def test_notes_survive_a_suite_run_and_no_run_reproduces_it(tmp_path):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "tiny_sum.py").write_text(TINY_SCRIPT)
+    results, notes, out = tmp_path / "bench" / "results", tmp_path / "bench" / "notes", tmp_path / "RESULTS.md"
+    notes.mkdir(parents=True)
+    (notes / "tiny_sum.md").write_text("Notes: the sum runs in pure Python.\n\n### Detail\n\nOne thread.\n")
+    common = ["--scripts-dir", str(scripts), "--results-dir", str(results), "--output", str(out),
+              "--logs-dir", str(tmp_path / "logs")]
+    assert suite_main([*common, "--quick"]) == 0  # the script rewrites results/tiny_sum.md ...
+    first = out.read_text()
+    assert "Notes: the sum runs in pure Python." in first  # ... and the note (default: notes/ beside results/) stays
+    # after its section; a heading in a note is nested under the section (### at least)
+    assert first.index("## Tiny sum") < first.index("Notes: the sum") < first.index("\n### Detail\n")
+    assert "| tiny_sum | ok |" in first and "| notes/tiny_sum.md |" in first
+    assert "Notes: the sum" not in (results / "tiny_sum.md").read_text()
+    # re-assembling re-uses the suite run's record (stamp, command, run log): same bytes, whatever the clock says
+    assert suite_main([*common, "--no-run"]) == 0
+    assert out.read_text() == first
+    (results / "suite_run.json").write_text("{not json")
+    with pytest.raises(UsageError, match="suite_run.json"):
+        suite_main([*common, "--no-run"])

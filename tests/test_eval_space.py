@@ -231,14 +231,14 @@ def test_cli_preset_pixdim_equals_explicit_spacing(three_cases, tmp_path):
     pdir, ldir = three_cases
     shutil.move(str(pdir / "case3.nii.gz"), str(tmp_path / "case3.nii.gz"))
     shutil.move(str(ldir / "case3.nii.gz"), str(tmp_path / "label3.nii.gz"))
-    for name, extra in (("a", ["--preprocessing", "ct_sts"]), ("b", ["--target-spacing", "1,1,3"])):
+    for name, extra in (("a", ["--preprocessing", "ct_sts"]), ("b", ["--target-spacing", "2,2,3"])):
         assert main(["evaluate", "--pred", str(pdir), "--label", str(ldir), "--classes", "1", "--space",
                      "resampled", "--out", str(tmp_path / name), "--workers", "1", "--quiet", *extra]) == 0
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
     b = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert a["target_spacing"]["source"] == "--preprocessing ct_sts" and a["target_spacing"]["frame"] == "RAS"
     # AFFINE's array axes are (L-R, P-A, I-S) up to sign: the RAS pixdim applies axis by axis
-    assert a["grids"] == b["grids"] and a["grids"]["case1"]["spacing"] == [1.0, 1.0, 3.0]
+    assert a["grids"] == b["grids"] and a["grids"]["case1"]["spacing"] == [2.0, 2.0, 3.0]
     assert a["mean"] == b["mean"]
 
 

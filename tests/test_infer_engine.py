@@ -115,16 +115,16 @@ def test_all_windows_skipped_gives_background():
     assert engine.last_stats["run"] == 0
 
 
-def test_mirror_tta_equals_averaging_flipped_runs():
-    # 40 = 16 + 3 * 8: the window grid is symmetric under every flip, so TTA on windows == TTA on the volume
+def test_mirror_tta_logits_mode_equals_averaging_flipped_runs():
+    # 40 = 16 + 3 * 8: the window grid is symmetric under every flip, so logit TTA on windows == on the volume
     net = tiny_net(3)
     x = torch.rand(1, 1, 40, 24, 32, generator=torch.Generator().manual_seed(5))
     engine = SlidingWindowEngine((16, 16, 16), overlap=0.5)
     with torch.no_grad():
-        tta = engine(x, MirrorTTA(net))
+        tta = engine(x, MirrorTTA(net, average="logits"))
         manual = sum(torch.flip(engine(torch.flip(x, f), net), f) if f else engine(x, net)
                      for f in mirror_flips(3)) / 8
-        batched = engine(x, MirrorTTA(net, batch_flips=True))
+        batched = engine(x, MirrorTTA(net, batch_flips=True, average="logits"))
         plain = engine(x, net)
     assert torch.allclose(tta, manual, atol=1e-5)
     assert torch.allclose(batched, tta, atol=1e-5)
@@ -133,11 +133,41 @@ def test_mirror_tta_equals_averaging_flipped_runs():
     assert mirror_flips(3, axes=(0, 2)) == [(), (2,), (4,), (2, 4)]
 
 
+def test_mirror_tta_averages_softmax_probabilities_like_nnunet_v1():
+    """The default averages probabilities: softmax(TTA output) is the mean of the flips' softmax, not softmax(mean)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 3, 3, padding=1)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(6.0)  # confident, flip-dependent logits: the two averages then disagree
+        x = torch.rand(2, 1, 10, 12, 14, generator=torch.Generator().manual_seed(1))
+        flips = mirror_flips(3)
+        runs = [torch.flip(net(torch.flip(x, f)), f) if f else net(x) for f in flips]
+        mean_prob = torch.stack([r.softmax(1) for r in runs]).mean(0)
+        mean_logit = torch.stack(runs).mean(0)
+        for batch_flips in (False, True):
+            out = MirrorTTA(net, batch_flips=batch_flips)(x)
+            assert torch.allclose(out.softmax(1), mean_prob, atol=1e-5)
+            assert torch.allclose(out.exp().sum(1), torch.ones(2, 10, 12, 14), atol=1e-5)  # log-probabilities
+        logit_tta = MirrorTTA(net, average="logits")(x)
+        assert torch.allclose(logit_tta, mean_logit, atol=1e-5)
+        # averaging logits would be caught: the label maps differ on a visible fraction of voxels
+        differ = (mean_prob.argmax(1) != mean_logit.argmax(1)).float().mean().item()
+        assert differ > 0.005, differ
+        assert torch.equal(MirrorTTA(net)(x).argmax(1), mean_prob.argmax(1))
+        # through the engine (one window = the whole input), the pipeline's softmax gives the mean probabilities
+        engine = SlidingWindowEngine((10, 12, 14), overlap=0.0, mode="constant")
+        assert torch.allclose(engine(x[:1], MirrorTTA(net)).softmax(1), mean_prob[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="average"):
+        MirrorTTA(net, average="median")
+
+
 def test_mirror_tta_of_flip_equivariant_net_is_identity():
     x = torch.rand(2, 1, 6, 7, 8)
-    net = nn.Conv3d(1, 1, 1, bias=True)  # a 1x1 conv commutes with flips
+    net = nn.Conv3d(1, 3, 1, bias=True)  # a 1x1 conv commutes with flips
     with torch.no_grad():
-        assert torch.allclose(MirrorTTA(net)(x), net(x), atol=1e-6)
+        assert torch.allclose(MirrorTTA(net)(x), net(x).log_softmax(1), atol=1e-5)
+        assert torch.allclose(MirrorTTA(net, average="logits")(x), net(x), atol=1e-6)
 
 
 def test_channel_argmax_matches_torch_including_ties():

@@ -2,7 +2,10 @@
 
 Both run the hippocampus bundle's train.json through ``medseg train`` (``python -m pipeline train``) on small
 synthetic volumes. Tolerance for the resumed losses: 1e-6 absolute (single-threaded CPU runs are bitwise
-reproducible here, so any drift means the resumed state differs).
+reproducible here, so any drift means the resumed state differs). Equal losses alone would not show that
+``--resume`` worked (a run started from scratch with the same seed reproduces them too), so the resume test also checks
+that the resumed process's first logged iteration is the one after the checkpoint. The torchrun test checks that the
+two ranks hold bit-identical parameters after training on different shards.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from _bundle_utils import SmokeSpec, bundle_dir, write_cases
@@ -83,9 +85,17 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert ckpt["trainer"] == {"epoch": 1, "iteration": per_epoch, "epoch_length": per_epoch, "max_epochs": epochs}
     seen = _losses(log)
     assert per_epoch < max(seen) < 2 * per_epoch, f"not killed mid-epoch 2: iterations logged {sorted(seen)}"
+    n_before = len(log.read_text().splitlines())
 
     resumed = subprocess.run(_train_cmd(kill_cfg, "--resume"), env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # where the resumed process started: the records it appended begin with the first iteration of epoch 2 (the one
+    # after the checkpoint) and never redo epoch 1; a run that ignored --resume would start again at iteration 1
+    new = [json.loads(line) for line in log.read_text().splitlines()[n_before:]]
+    assert new and (new[0]["epoch"], new[0]["iteration"]) == (2, per_epoch + 1), new[:2]
+    assert [r["iteration"] for r in new if "loss" in r] == list(range(per_epoch + 1, epochs * per_epoch + 1))
+    assert all(r["epoch"] == 2 for r in new), [r for r in new if r["epoch"] != 2]
+    assert [r["epoch"] for r in new if "epoch_loss" in r] == [2]
     assert full.wait(timeout=300) == 0, full.stderr.read().decode()[-3000:]
 
     ref = _losses(tmp_path / "full" / "runs" / "training_log.jsonl")
@@ -97,9 +107,18 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert len({round(v, 6) for v in ref.values()}) > per_epoch
 
 
+#: each rank saves its network's parameters before and after training, to compare the ranks' weights
+_SAVE_PARAMS = ("$torch.save({n: p.detach().cpu().clone() for n, p in @network.module.named_parameters()}, "
+                "@train_dir + '/rank%d_WHEN.pt' % dist.get_rank())")
+
+
 def test_torchrun_two_process_gloo(tmp_path):
     items = write_cases(tmp_path / "data", SPEC, n=6)  # 4 training cases over 2 ranks, batch 2 -> 1 iteration
     cfg = _override_file(tmp_path, "ddp", items, epochs=2, val_interval=1, n_val=2)  # >= 1 validation case per rank
+    override = json.loads(cfg.read_text())
+    override["run"] = [_SAVE_PARAMS.replace("WHEN", "before"), "$@train#trainer.run()",
+                       _SAVE_PARAMS.replace("WHEN", "after")]
+    cfg.write_text(json.dumps(override))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
            "-m", "pipeline", "train", "--bundle", str(BUNDLE), "--multi-gpu", "--config", str(cfg)]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
@@ -113,3 +132,14 @@ def test_torchrun_two_process_gloo(tmp_path):
     assert ckpt["trainer"]["epoch"] == 2 and ckpt["trainer"]["epoch_length"] == 1
     assert not any(k.startswith("module.") for k in ckpt["model"]), "DDP wrapper leaked into the checkpoint"
     assert (tmp_path / "ddp" / "models" / "model.pt").is_file()
+    # the two ranks trained on different shards but hold identical weights after 2 steps (gradients all-reduced),
+    # and those weights moved away from the common initialisation
+    params = {(rank, when): torch.load(runs / f"rank{rank}_{when}.pt", weights_only=True)
+              for rank in (0, 1) for when in ("before", "after")}
+    names = sorted(params[0, "after"])
+    assert names == sorted(params[1, "after"]) and len(names) > 10
+    diverged = [n for n in names if not torch.equal(params[0, "after"][n], params[1, "after"][n])]
+    assert not diverged, f"DDP ranks diverged in {len(diverged)} of {len(names)} tensors, e.g. {diverged[:3]}"
+    moved = [n for n in names if not torch.equal(params[0, "before"][n], params[0, "after"][n])]
+    assert len(moved) > len(names) // 2, f"training changed only {len(moved)} of {len(names)} tensors"
+    assert all(torch.equal(ckpt["model"][n], params[0, "after"][n]) for n in names)

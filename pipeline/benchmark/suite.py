@@ -8,6 +8,11 @@ from an earlier run) is assembled into RESULTS.md, stamped with hardware, versio
 ``--quick`` is a smoke run: unless ``--results-dir``/``--output`` are given it writes under ``outputs/bench_quick/``
 so that quick figures never replace the published ones in ``benchmarks/results/``.
 
+Hand-written notes on a section go in ``benchmarks/notes/<script>.md`` (``--notes-dir``; default: ``notes/`` next to
+the results folder) and are printed after that section. A suite run records its stamp, command and run log in
+``<results>/suite_run.json``; ``--no-run`` re-uses that record, so re-assembling unchanged sections and notes gives
+a byte-identical RESULTS.md.
+
 Examples:
     >>> from pipeline.benchmark.suite import discover_scripts
     >>> from pipeline.paths import PROJECT_ROOT
@@ -18,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +36,7 @@ from pipeline.benchmark.environment import system_stamp
 from pipeline.benchmark.sections import assemble_results, command_line
 from pipeline.errors import UsageError
 from pipeline.paths import PROJECT_ROOT
-from pipeline.utils.atomic import atomic_path
+from pipeline.utils.atomic import atomic_path, save_json_atomic
 
 BENCH_DIR = PROJECT_ROOT / "benchmarks"
 #: the other issues' scripts, in the order they are run and printed; other ``benchmarks/*.py`` follow alphabetically
@@ -38,6 +44,34 @@ KNOWN_SCRIPTS: tuple[str, ...] = ("unetrpp_forward", "swin3d_forward", "eval_spe
 #: files in ``benchmarks/`` that are not benchmark scripts
 EXCLUDED = {"run_all"}
 MIN_REPEATS = 3
+#: the record of the last suite run (stamp, command, run log) in the results folder, re-used by ``--no-run``
+RUN_RECORD = "suite_run.json"
+_RECORD_KEYS = ("name", "status", "seconds", "returncode", "error")
+
+
+def save_run_record(results_dir: Path, stamp: dict[str, Any], command: str, run_log: Sequence[dict[str, Any]]) -> Path:
+    """Write ``<results_dir>/suite_run.json``: what the header and run log of RESULTS.md are built from."""
+    record = {"stamp": stamp, "command": command,
+              "run_log": [{k: entry.get(k) for k in _RECORD_KEYS} for entry in run_log]}
+    return save_json_atomic(record, results_dir / RUN_RECORD)
+
+
+def load_run_record(results_dir: Path) -> dict[str, Any] | None:
+    """The record :func:`save_run_record` wrote, or None when there is none.
+
+    Raises:
+        UsageError: the record exists but is not valid JSON with ``stamp``, ``command`` and ``run_log``.
+    """
+    path = results_dir / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or not {"stamp", "command", "run_log"} <= set(record):
+            raise ValueError("expected an object with stamp, command and run_log")
+    except ValueError as exc:
+        raise UsageError(f"unreadable suite run record ({exc}); delete it or re-run the suite", path=path) from exc
+    return record
 
 
 def discover_scripts(bench_dir: Path) -> list[Path]:
@@ -122,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None,
                    help="the assembled file (default benchmarks/RESULTS.md, or outputs/bench_quick/RESULTS.md "
                         "with --quick)")
+    p.add_argument("--notes-dir", type=Path, default=None,
+                   help="hand-written notes, <script>.md, printed after each section (default: notes/ next to the "
+                        "results folder, i.e. benchmarks/notes)")
     p.add_argument("--logs-dir", type=Path, default=None,
                    help="where each script's stdout/stderr is kept (default outputs/bench_logs)")
     p.add_argument("--threads", type=int, default=None,
@@ -177,8 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = {s.stem: i for i, s in enumerate(discover_scripts(args.scripts_dir))}
     sections = sorted(results_dir.glob("*.md"), key=lambda p: (order.get(p.stem, len(order)), p.stem)) \
         if results_dir.is_dir() else []
-    text = assemble_results(sections, run_log=run_log, stamp=system_stamp(),
-                            command=command_line(args_list, "benchmarks/run_all.py"))
+    notes_dir = args.notes_dir or results_dir.parent / "notes"
+    if not args.no_run:
+        save_run_record(results_dir, system_stamp(), command_line(args_list, "benchmarks/run_all.py"), run_log)
+    # both paths assemble from the record as stored, so --no-run later gives the same bytes
+    record = load_run_record(results_dir)
+    if record is None:
+        text = assemble_results(sections, notes_dir=notes_dir, stamped=False)
+    else:
+        text = assemble_results(sections, run_log=record["run_log"], stamp=record["stamp"],
+                                command=record["command"], notes_dir=notes_dir)
     with atomic_path(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
     print(f"[run_all] wrote {output} ({len(sections)} section(s))", flush=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.input_report import input_warnings
 from pipeline.errors import InputDataError, PipelineError
 
 #: maximum difference (mm) between the image and label grids, after bringing both to a canonical orientation
@@ -34,7 +35,9 @@ GRID_TOLERANCE_MM = 1e-3
 
 @dataclass
 class CaseReport:
-    """The result of checking one case. ``problems`` make the case broken; ``notes`` are informational."""
+    """The result of checking one case. ``problems`` make the case broken; ``warnings`` say what had to be assumed
+    to read a file (e.g. a NIfTI without orientation, a DICOM folder with several series, uneven DICOM slices: the
+    same facts ``medseg infer`` prints and records in its sidecar) and do not; ``notes`` are informational."""
 
     case: str
     split: str = ""
@@ -42,6 +45,7 @@ class CaseReport:
     label: str | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     shape: list[int] | None = None
     channels: int | None = None
     spacing: list[float] | None = None
@@ -131,9 +135,9 @@ def grid_difference(shape_a: Sequence[int], aff_a: np.ndarray, shape_b: Sequence
 
 # ------------------------------------------------------------------------------------------------------------ checking
 def _load(path: str, what: str, problems: list[str]):
-    from pipeline.data.io import load_volume
+    from pipeline.data.io import file_kind, load_volume
 
-    if not Path(path).exists():
+    if file_kind(path) == "missing":  # a broken link, a link loop or a FIFO is described by load_volume
         problems.append(f"{what} file missing: {path}")
         return None
     try:
@@ -181,8 +185,14 @@ def check_case(
     image = item.get("image", "")
     label = item.get("label") or None
     rep = CaseReport(case=str(item.get("case") or Path(str(image)).name), split=split, image=image, label=label)
+    if item.get("error"):  # found while listing the files (e.g. two files for one case name)
+        rep.problems.append(str(item["error"]))
+        return rep
     img = _load_image(image, rep.problems)
     lab = _load(label, "label", rep.problems) if label else None
+    for vol, role, path in ((img, "image", image), (lab, "label", label)):
+        if vol is not None:
+            rep.warnings += [f"{role} {path}: {w}" for w in input_warnings(getattr(vol, "meta", None))]
     if img is not None:
         arr = img.as_tensor().numpy() if hasattr(img, "as_tensor") else np.asarray(img)
         rep.channels = int(arr.shape[0])
@@ -296,7 +306,7 @@ def check_dataset(
     """
     from pipeline.data.readers import read_dataset
 
-    info = read_dataset(path, split=split)
+    info = read_dataset(path, split=split, report_problems=True)
     problems: list[str] = []
     pairs: list[tuple[str, dict]] = []
     seen: dict[tuple[str, str], str] = {}
@@ -359,8 +369,9 @@ def format_summary(report: CheckReport) -> str:
     """Aggregate lines: counts, shape/spacing ranges, orientations, intensity range, total label voxels."""
     good = [c for c in report.cases if c.shape]
     lines = [f"dataset: {report.path}", f"layout: {report.layout} (array axis order {report.axis_order})",
-             f"labels: " + (", ".join(f"{k}={v}" for k, v in report.labels.items()) or "(not declared)"),
-             f"cases: {report.n_cases}, OK: {report.n_cases - len(report.broken)}, broken: {len(report.broken)}"]
+             "labels: " + (", ".join(f"{k}={v}" for k, v in report.labels.items()) or "(not declared)"),
+             f"cases: {report.n_cases}, OK: {report.n_cases - len(report.broken)}, broken: {len(report.broken)}"
+             + (f", with warnings: {n_warn}" if (n_warn := sum(bool(c.warnings) for c in report.cases)) else "")]
     if good:
         shapes = np.array([c.shape for c in good if len(c.shape) == 3]) if any(len(c.shape) == 3 for c in good) \
             else None

@@ -27,6 +27,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         else:
             for problem in rep.problems:
                 print(f"BROKEN  {rep.case}: {problem}")
+        for warning in rep.warnings:  # what had to be assumed to read a file (the case is not broken by it)
+            print(f"WARN    {rep.case}: {warning}")
         sys.stdout.flush()
 
     report = check_dataset(args.path, split=args.split, workers=args.workers, progress=progress)

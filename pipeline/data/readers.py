@@ -366,15 +366,19 @@ def read_transunet(path: str | os.PathLike) -> DatasetInfo:
                        axis_order="zyx", name="Synapse (TransUNet preprocessed)")
 
 
-def read_folder(path: str | os.PathLike) -> DatasetInfo:
+def read_folder(path: str | os.PathLike, *, report_problems: bool = False) -> DatasetInfo:
     """A folder with ``imagesTr``/``labelsTr`` (pairs matched by case name) and/or ``imagesTs``, or a folder/file of
-    images (inference inputs: split ``test``, no labels)."""
+    images (inference inputs: split ``test``, no labels).
+
+    ``report_problems``: two files for one case name become items with an ``"error"`` entry instead of an
+    InputDataError (see :func:`pipeline.data.inputs.list_inference_inputs`); ``datasets check`` reports them per case.
+    """
     from pipeline.data.inputs import list_inference_inputs
 
     p = Path(path)
     splits: dict[str, list[dict]] = {}
     if p.is_dir() and (p / "imagesTr").is_dir():
-        images = list_inference_inputs(p / "imagesTr")
+        images = list_inference_inputs(p / "imagesTr", report_problems=report_problems)
         lab_dir = p / "labelsTr"
         labels_by_case = {}
         if lab_dir.is_dir():
@@ -389,9 +393,9 @@ def read_folder(path: str | os.PathLike) -> DatasetInfo:
             items.append(item)
         splits["training"] = items
         if (p / "imagesTs").is_dir():
-            splits["test"] = list_inference_inputs(p / "imagesTs")
+            splits["test"] = list_inference_inputs(p / "imagesTs", report_problems=report_problems)
     else:
-        labelled, unlabelled = pair_labels(list_inference_inputs(p))
+        labelled, unlabelled = pair_labels(list_inference_inputs(p, report_problems=report_problems))
         if labelled:
             splits["labelled"] = labelled
         if unlabelled:
@@ -493,7 +497,7 @@ def apply_split_file(info: DatasetInfo, split: str | os.PathLike, *, keep_existi
     return info
 
 
-def read_dataset(path: str | os.PathLike, split: str | None = None) -> DatasetInfo:
+def read_dataset(path: str | os.PathLike, split: str | None = None, *, report_problems: bool = False) -> DatasetInfo:
     """Detect the layout of ``path`` and read it.
 
     Args:
@@ -501,6 +505,8 @@ def read_dataset(path: str | os.PathLike, split: str | None = None) -> DatasetIn
         split: None for the layout's own splits; the name of one of them (e.g. ``"validation"``) to keep only that
             one; or an official split file (``synapse``, ``btcv``, ``lung``, a file in ``data/`` or a path) to regroup
             the labelled cases by case number.
+        report_problems: for a plain folder, two image files for one case name become items with an ``"error"``
+            entry (reported per case by ``datasets check``) instead of an InputDataError.
 
     Raises:
         InputDataError: missing folder, unreadable JSON, unknown layout content.
@@ -512,7 +518,7 @@ def read_dataset(path: str | os.PathLike, split: str | None = None) -> DatasetIn
         ['img0002']
     """
     layout = detect_layout(path)
-    info = _READERS[layout](path)
+    info = read_folder(path, report_problems=report_problems) if layout == "folder" else _READERS[layout](path)
     if split is not None:
         if split in info.splits:
             info.splits = {split: info.splits[split]}

@@ -135,7 +135,10 @@ def header_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], int] | None:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            shape = tuple(int(s) for s in nib.load(str(p)).shape)
+            from pipeline.data.geometry import quiet_nibabel
+
+            with quiet_nibabel():
+                shape = tuple(int(s) for s in nib.load(str(p)).shape)
             return (shape[:3], int(math.prod(shape[3:])) if len(shape) > 3 else 1)
         import SimpleITK as sitk
 
@@ -157,8 +160,9 @@ def check_load_memory(path: str | os.PathLike) -> None:
     if info is None:
         return
     shape, channels = info
-    if not shape:
-        raise InputDataError("image header declares no voxels", path=path)
+    if not shape or min(shape) < 1 or channels < 1:
+        raise InputDataError(f"image header declares no voxels (shape {'x'.join(map(str, shape)) or '()'}"
+                             + (f", {channels} channel(s)" if channels != 1 else "") + ")", path=path)
     require_memory(
         estimate_load_bytes(shape, channels), path=path,
         what=f"loading a {'x'.join(map(str, shape))} volume ({channels} channel(s))",

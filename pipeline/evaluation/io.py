@@ -64,7 +64,8 @@ def case_id(name: str) -> str:
 
 
 def list_label_files(folder: str | os.PathLike, role: str = "label") -> list[Path]:
-    """The image files directly inside ``folder`` (sorted; hidden files skipped).
+    """The image files directly inside ``folder`` (sorted; hidden files skipped; entries named like an image that
+    cannot be read, e.g. a broken symbolic link, are included so that scoring reports them).
 
     Raises:
         InputDataError: if ``folder`` is not a folder or holds no image file.
@@ -72,7 +73,9 @@ def list_label_files(folder: str | os.PathLike, role: str = "label") -> list[Pat
     d = Path(folder)
     if not d.is_dir():
         raise InputDataError(f"{role} folder does not exist or is not a folder", path=d)
-    files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and _suffix(p.name))
+    # not only regular files: a broken link, a link loop, a named pipe or a folder named like an image is listed too,
+    # so it fails with one line naming it instead of silently turning its case into a "missing" one
+    files = sorted(p for p in d.iterdir() if not p.name.startswith(".") and _suffix(p.name))
     if not files:
         raise InputDataError(f"{role} folder holds no image file ({', '.join(LABEL_SUFFIXES)})", path=d)
     return files
@@ -152,22 +155,39 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tup
 
     NIfTI is read with nibabel directly (stored dtype kept, spacing from the header's ``pixdim``); NRRD/MHA go
     through :func:`pipeline.data.io.load_volume` (SimpleITK, converted to the same (x, y, z)/RAS convention).
+    The NIfTI geometry follows :func:`pipeline.data.geometry.resolve_nifti_geometry`, as in ``infer`` and
+    ``datasets check``: a header without a usable sform/qform is read with its ``pixdim`` voxel size and a
+    ``warning: <file>: ...`` line on stderr; a header whose voxel size is unknown is refused.
 
     Raises:
-        InputDataError: naming the file, when it is missing, unreadable or not 3D.
+        InputDataError: naming the file, when it is missing, unreadable, not 3D, or its voxel size is unknown.
     """
+    from pipeline.data.io import describe_read_error, file_kind
+
     p = Path(path)
-    if not p.is_file():
-        raise InputDataError("file not found", path=p)
+    if file_kind(p) != "file":  # also before opening: a named pipe would block the reader
+        raise InputDataError(describe_read_error(p), path=p)
     suffix = _suffix(p.name)
     try:
         if suffix in (".nii.gz", ".nii"):
             import nibabel as nib
 
-            img = nib.load(str(p))
-            arr = np.asanyarray(img.dataobj)
-            affine = np.asarray(img.affine, float)
-            spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+            from pipeline.data.geometry import nifti_geometry_of_file, quiet_nibabel, read_nifti_header
+            from pipeline.data.input_report import print_warnings
+
+            geo = nifti_geometry_of_file(p)
+            with quiet_nibabel():
+                img = nib.load(str(p))
+                arr = np.asanyarray(img.dataobj)
+            affine = np.asarray(img.affine if geo is None else geo.affine, float)
+            raw = read_nifti_header(p)
+            pixdim = np.asarray(raw["pixdim"] if raw is not None else img.header["pixdim"], float)[1:4]
+            if geo is not None and not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
+                spacing = tuple(float(z) for z in geo.spacing)  # pixdim unusable: the voxel size of the sform/qform
+            else:
+                spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+            if geo is not None and geo.warning:
+                print_warnings(p, [geo.warning])
         else:
             from pipeline.data.io import load_volume
 

@@ -5,6 +5,13 @@ Examples (shell)::
     medseg infer --model bundles/unetrpp_sts_ct_segmentation --input scans/ --output preds/
     medseg infer --model unetrpp_synapse --checkpoint w.pt --preprocessing ct_abdomen --input ct.nii.gz --output out/
     torchrun --nproc_per_node 2 -m pipeline infer --model BUNDLE --input scans/ --output preds/ --quiet
+    medseg infer --model BUNDLE --input dicom_export/ --output preds/ --series-uid 1.2.840.113619.2.55.3.4
+
+Input problems are per case: a file that cannot be read (corrupt, a broken link or link loop, a named pipe, two files
+for one case name, an unusable header geometry) fails that case with one ``error: case <name>: <file>: ...`` line and
+the batch carries on (exit 1 at the end). What was assumed about an input (a NIfTI without orientation, a DICOM folder
+with several series, uneven DICOM slice spacing) is printed as ``warning: case <name>: <file>: ...`` and recorded
+under ``input_report`` in the ``<case>.json`` sidecar.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the cases are sharded ``cases[rank::world]`` across ranks (gloo on CPU, nccl
 on GPU); every rank returns the same exit code: 0, or 1 if any case failed on any rank. A rank that stops with an
@@ -21,6 +28,13 @@ from typing import Any
 from pipeline.errors import EXIT_CASES_FAILED, UsageError
 
 __all__ = ["register", "run"]
+
+
+def _axes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(a) for a in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated axes such as 0,1,2, got {text!r}") from None
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +59,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the model's, 0.5)")
     p.add_argument("--sw-batch-size", type=int, default=None, help="windows per network call")
     p.add_argument("--mode", choices=("gaussian", "constant"), default=None, help="blending (default: the model's)")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips, nnU-Net)")
+    p.add_argument("--tta", action="store_true",
+                   help="mirroring test-time augmentation: the softmax probabilities of the mirrored windows are "
+                   "averaged (nnU-Net v1); flips the bundle's tta_mirror_axes (the axes flipped in training), else all")
+    p.add_argument("--tta-axes", type=_axes, metavar="AXES",
+                   help="with --tta: spatial axes to mirror, e.g. 0 or 0,1,2 (x, y, z of the network input)")
     p.add_argument("--streaming", action="store_true", help="streaming argmax: bounded memory for large volumes "
                    "(labels are resampled with nearest neighbour)")
     p.add_argument("--resample", choices=("probabilities", "labels"), default="probabilities",
@@ -61,6 +79,10 @@ def register(subparsers: Any) -> None:
                    help="keep the largest connected component of each class")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--series-uid", action="append", default=[], metavar="UID",
+                   help="DICOM SeriesInstanceUID to read from a series folder that holds several series (repeat for "
+                   "several folders; a folder of several series holding none of them fails; a folder of one series "
+                   "is read as is). Default: the series with the most slices, named on stderr and in the sidecar")
     p.set_defaults(func=run)
 
 
@@ -128,6 +150,7 @@ def _run_rank(args: argparse.Namespace, rank: int, world: int) -> tuple[int, int
         sw_batch_size=args.sw_batch_size,
         mode=args.mode,
         tta=args.tta,
+        tta_axes=args.tta_axes,
         streaming=args.streaming,
         resample=args.resample,
         skip_background=args.skip_background,
@@ -139,9 +162,14 @@ def _run_rank(args: argparse.Namespace, rank: int, world: int) -> tuple[int, int
         postprocess=args.postprocess,
         overwrite=args.overwrite,
         quiet=args.quiet,
+        series_uids=tuple(args.series_uid),
     )
     settings.validate()
-    cases = list_inference_inputs(args.input)
+    skipped: list[str] = []
+    cases = list_inference_inputs(args.input, report_problems=True, skipped=skipped)
+    if rank == 0:
+        for note in skipped:
+            print(f"warning: {note}", file=sys.stderr)
     model = load_model(args.model, args.checkpoint, device, preprocessing=args.preprocessing, roi_size=args.roi)
     results = infer_cases(cases, model, args.output, settings, rank=rank, world_size=world)
     return (sum(r.status == "ok" for r in results), sum(r.status == "skipped" for r in results),

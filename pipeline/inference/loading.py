@@ -47,6 +47,10 @@ class LoadedModel:
         out_channels: number of output classes, when known.
         channel_def: class index -> name, when known.
         modality: "CT", "MRI"... when known (chooses the window-skipping criterion).
+        mirror_axes: spatial axes (of the network input, x y z = 0 1 2) that mirroring TTA may flip: the axes the
+            model was trained with flips on (a bundle's ``tta_mirror_axes``). None: all axes, as nnU-Net, whose
+            training mirrors every axis. Flipping an axis the model never saw flipped gives nonsense (measured on
+            the hippocampus bundle, trained with left-right flips only: 8-flip TTA predicted background everywhere).
         name: bundle folder name or preset name.
         source: where it came from (bundle path, or "preset:<name>").
         checkpoint: the weights file used.
@@ -62,6 +66,7 @@ class LoadedModel:
     out_channels: int | None = None
     channel_def: dict[int, str] = field(default_factory=dict)
     modality: str | None = None
+    mirror_axes: tuple[int, ...] | None = None
     name: str = ""
     source: str = ""
     checkpoint: str | None = None
@@ -77,6 +82,7 @@ class LoadedModel:
             "out_channels": self.out_channels,
             "channel_def": {str(k): v for k, v in self.channel_def.items()},
             "modality": self.modality,
+            "mirror_axes": list(self.mirror_axes) if self.mirror_axes is not None else None,
             "network": type(self.network).__name__,
             "parameters": int(sum(p.numel() for p in self.network.parameters())),
         }
@@ -202,6 +208,9 @@ def _load_bundle(
     out_channels = out.get("num_channels") or (len(channel_def) or None)
     overlap = getattr(inferer, "overlap", 0.5)
     mode = getattr(inferer, "mode", "gaussian")
+    axes = parser.get("tta_mirror_axes")
+    if axes is not None and not (isinstance(axes, list) and all(isinstance(a, int) and 0 <= a < 3 for a in axes)):
+        raise ModelError(f"tta_mirror_axes must be a list of spatial axes 0..2, got {axes!r}", path=cfg)
     return LoadedModel(
         network=network.to(device).eval(),
         preprocessing=preprocessing,
@@ -212,6 +221,7 @@ def _load_bundle(
         out_channels=int(out_channels) if out_channels else None,
         channel_def=channel_def,
         modality=inp.get("modality"),
+        mirror_axes=tuple(axes) if axes is not None else None,
         name=bundle.name,
         source=str(bundle),
         checkpoint=str(ckpt) if ckpt else None,

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from pipeline.data.dicom import preferred_dicom_series
+from pipeline.data.input_report import input_report, print_warnings
 from pipeline.data.readers import glob_escape
 from pipeline.errors import InputDataError, PipelineError, UsageError
 from pipeline.inference.engine import SlidingWindowEngine
@@ -54,7 +56,9 @@ class InferenceSettings:
 
     Attributes:
         overlap, sw_batch_size, mode: sliding-window settings; None takes the model's.
-        tta: nnU-Net mirroring (8 flips).
+        tta: nnU-Net mirroring: the softmax probabilities of the mirrored windows are averaged.
+        tta_axes: the spatial axes (0, 1, 2 = x, y, z of the network input) to mirror; None: the model's
+            ``mirror_axes`` (a bundle's ``tta_mirror_axes``: the axes flipped in training), else all 3 (8 flips).
         streaming: streaming argmax (bounded memory; implies label resampling).
         resample: "probabilities" (default, see the module docstring) or "labels" (nearest neighbour).
         skip_background: "off", "air" (CT: windows entirely below ``air_threshold`` HU are not run), "zero"
@@ -66,12 +70,15 @@ class InferenceSettings:
         postprocess: None or "largest-component" (per class, MONAI KeepLargestConnectedComponent).
         overwrite: replace existing outputs (otherwise they are skipped, so an interrupted run resumes).
         quiet: no progress bars.
+        series_uids: DICOM SeriesInstanceUIDs to read from series folders that hold several series (``--series-uid``);
+            empty: the series with the most slices (see :mod:`pipeline.data.dicom`).
     """
 
     overlap: float | None = None
     sw_batch_size: int | None = None
     mode: str | None = None
     tta: bool = False
+    tta_axes: tuple[int, ...] | None = None
     streaming: bool = False
     resample: str = "probabilities"
     skip_background: str = "off"
@@ -83,6 +90,7 @@ class InferenceSettings:
     postprocess: str | None = None
     overwrite: bool = False
     quiet: bool = False
+    series_uids: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.resample not in RESAMPLE_CHOICES:
@@ -95,6 +103,8 @@ class InferenceSettings:
             raise UsageError(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise UsageError(f"--sw-batch-size must be >= 1, got {self.sw_batch_size}")
+        if self.tta_axes is not None and (not self.tta_axes or any(a not in (0, 1, 2) for a in self.tta_axes)):
+            raise UsageError(f"--tta-axes must name spatial axes among 0,1,2 (x, y, z), got {self.tta_axes}")
         if self.streaming and self.save_probabilities:
             raise UsageError("--save-probabilities needs the probabilities: it cannot be combined with --streaming")
 
@@ -144,6 +154,11 @@ def make_engine(model: LoadedModel, settings: InferenceSettings) -> SlidingWindo
         streaming=settings.streaming,
         amp=settings.amp,
     )
+
+
+def tta_axes(settings: InferenceSettings, model: LoadedModel) -> tuple[int, ...] | None:
+    """The spatial axes mirroring TTA flips: ``settings.tta_axes``, else the model's ``mirror_axes``, else all."""
+    return tuple(settings.tta_axes) if settings.tta_axes is not None else model.mirror_axes
 
 
 def _skip_criterion(settings: InferenceSettings, model: LoadedModel) -> str:
@@ -237,7 +252,7 @@ def predict_case(
     if criterion != "off":
         foreground = _foreground_mask(image_path, img, criterion, settings.air_threshold)
         timings["foreground_mask"] = time.perf_counter() - t0
-    predictor = MirrorTTA(model.network) if settings.tta else model.network
+    predictor = MirrorTTA(model.network, axes=tta_axes(settings, model)) if settings.tta else model.network
     x = img.as_tensor()[None].float()
     nearest = settings.streaming or settings.resample == "labels"
     _check_memory(image_path, tuple(x.shape[2:]), int(x.shape[1]), model, settings)
@@ -277,6 +292,12 @@ def predict_case(
             labels = labels_t.numpy()
             if settings.save_probabilities:
                 probabilities = np.moveaxis(np.concatenate(prob_chunks, axis=0), 0, -1).astype(np.float32)
+                # voxels the model grid did not cover (cropped away, padded by the inversion) come back all 0 or
+                # partly 0: renormalise (argmax unchanged), and all-0 ones are background with probability 1
+                total = probabilities.sum(axis=-1, keepdims=True)
+                short = total[..., 0] < 1.0 - 1e-4
+                probabilities[short] /= np.maximum(total[short], 1e-12)
+                probabilities[short & (total[..., 0] <= 0.0), 0] = 1.0
             del probs
         timings["invert"] = time.perf_counter() - t0
     if original_shape and tuple(labels.shape) != original_shape:
@@ -383,8 +404,9 @@ def infer_cases(
     settings.validate()
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for item in cases:
-        if Path(item["image"]).resolve().parent == out_dir.resolve() and Path(item["image"]).name == f"{item['case']}.nii.gz":
+    for item in cases:  # realpath, not Path.resolve(): a symlink loop among the inputs must not raise here
+        if (os.path.dirname(os.path.realpath(item["image"])) == os.path.realpath(out_dir)
+                and Path(item["image"]).name == f"{item['case']}.nii.gz"):
             raise UsageError(f"--output {out_dir} would overwrite the input {item['image']}; choose another folder")
     started = time.time()
     mine = _shard(cases, rank, world_size)
@@ -404,14 +426,19 @@ def infer_cases(
         out_path = out_dir / f"{case}.nii.gz"
         side_path = out_dir / f"{case}.json"
         _remove_stale_temporaries(out_dir, case, started)
-        if out_path.exists() and side_path.exists() and not settings.overwrite:
+        if out_path.exists() and side_path.exists() and not settings.overwrite and not item.get("error"):
             results.append(CaseResult(case, image, "skipped", str(out_path), "output exists (use --overwrite)"))
             continue
         t_case = time.perf_counter()
         try:
-            pred = predict_case(image, model, settings, engine)
+            if item.get("error"):  # found while listing the inputs (e.g. two files for one case name)
+                raise InputDataError(str(item["error"]), path=image)
+            with preferred_dicom_series(settings.series_uids):
+                pred = predict_case(image, model, settings, engine)
+            report = input_report(pred["meta"])
+            print_warnings(image, report.get("warnings") or [], prefix=f"case {case}: ")
             t0 = time.perf_counter()
-            codes = _header_codes(pred["meta"])
+            codes = (0, 0) if report.get("geometry_source") == "pixdim" else _header_codes(pred["meta"])
             save_label_nifti(pred["labels"], pred["affine"], out_path, n_classes=model.out_channels, codes=codes,
                              overwrite=True)
             if pred["probabilities"] is not None:
@@ -428,9 +455,12 @@ def infer_cases(
                 "model": model.describe(),
                 "settings": {**asdict(settings), "roi_size": list(engine.roi_size), "overlap": engine.overlap,
                              "sw_batch_size": engine.sw_batch_size, "mode": str(engine.mode),
-                             "skip_criterion": _skip_criterion(settings, model)},
+                             "skip_criterion": _skip_criterion(settings, model),
+                             "tta_axes": (list(a) if (a := tta_axes(settings, model)) is not None else [0, 1, 2])
+                             if settings.tta else None},
                 "windows": pred["windows"],
                 "timings_s": {k: round(v, 4) for k, v in {**pred["timings"], "total": seconds}.items()},
+                "input_report": report,
                 "versions": versions,
                 "rank": rank,
                 "world_size": world_size,

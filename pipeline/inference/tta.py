@@ -6,6 +6,13 @@ the window and to its mirror images along every subset of the spatial axes (8 fo
 prediction is flipped back, and the mean is used. Wrapping the *predictor* keeps it composable with any sliding-window
 inferer: ``engine(x, MirrorTTA(net))``.
 
+What is averaged matters. nnU-Net v1 (``_internal_maybe_mirror_and_pred_3D``, which UNETR++'s evaluation uses)
+averages the **softmax probabilities** of the flips; nnU-Net v2 averages logits. Averaging logits lets one confident
+flip outvote several hesitant ones, and the mean of logits is not the logit of any mean probability. The default here
+is nnU-Net v1's: the wrapper returns ``log(mean_k softmax(y_k))``, the log of the mean probability, so that the
+engine's blending and the pipeline's final softmax stay in logit space (``softmax`` of this output is exactly the mean
+of the flips' probabilities) and skipped-window filling works unchanged. ``average="logits"`` gives nnU-Net v2's mean.
+
 Examples:
     >>> import torch
     >>> net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
@@ -21,6 +28,7 @@ Examples:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +36,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ["MirrorTTA", "mirror_flips"]
+
+_AVERAGES = ("probabilities", "logits")
 
 
 def mirror_flips(spatial_dims: int = 3, axes: Sequence[int] | None = None) -> list[tuple[int, ...]]:
@@ -55,18 +65,23 @@ class MirrorTTA(nn.Module):
     """Mean of ``flip(net(flip(x)))`` over mirror flips (default: all 2**spatial_dims of them).
 
     Args:
-        predictor: network or callable mapping ``(N, C_in, *spatial)`` to ``(N, C_out, *spatial)`` (a list/tuple
-            output, e.g. deep supervision, is reduced to its first element).
+        predictor: network or callable mapping ``(N, C_in, *spatial)`` to ``(N, C_out, *spatial)`` logits (a
+            list/tuple output, e.g. deep supervision, is reduced to its first element).
         spatial_dims: number of spatial axes.
         axes: spatial axes to mirror (default all).
         batch_flips: run all flips as one predictor batch (faster for small windows; ``len(flips)`` times the
             memory) instead of one call per flip.
+        average: ``"probabilities"`` (default, nnU-Net v1 / UNETR++): return ``log`` of the mean softmax over the
+            channel axis (dim 1), so a later softmax gives the mean probabilities; ``"logits"`` (nnU-Net v2): the
+            mean of the logits.
 
     Examples:
         >>> import torch
-        >>> tta = MirrorTTA(torch.nn.Identity())
-        >>> x = torch.rand(2, 1, 4, 5, 6)
-        >>> torch.allclose(tta(x), x)
+        >>> x = torch.randn(2, 3, 4, 5, 6)
+        >>> tta = MirrorTTA(torch.nn.Identity())  # flips of the identity give x back: the mean is x's softmax
+        >>> torch.allclose(tta(x).softmax(1), x.softmax(1), atol=1e-6)
+        True
+        >>> torch.allclose(MirrorTTA(torch.nn.Identity(), average="logits")(x), x)
         True
     """
 
@@ -76,8 +91,12 @@ class MirrorTTA(nn.Module):
         spatial_dims: int = 3,
         axes: Sequence[int] | None = None,
         batch_flips: bool = False,
+        average: str = "probabilities",
     ) -> None:
         super().__init__()
+        if average not in _AVERAGES:
+            raise ValueError(f"average must be one of {_AVERAGES}, got {average!r}")
+        self.average = average
         self.predictor = predictor
         self.spatial_dims = spatial_dims
         self.flips = mirror_flips(spatial_dims, axes)
@@ -89,22 +108,37 @@ class MirrorTTA(nn.Module):
             out = out[0]
         return out
 
+    def _term(self, y: torch.Tensor) -> torch.Tensor:
+        """One flip's contribution: its log-probabilities (``average="probabilities"``) or its logits, in float32."""
+        y = y.float()
+        return torch.log_softmax(y, dim=1) if self.average == "probabilities" else y.clone()
+
+    def _reduce(self, total: torch.Tensor) -> torch.Tensor:
+        """Mean over the flips of what :meth:`_term` gave; ``total`` is the stacked-by-logaddexp or summed value."""
+        n = len(self.flips)
+        if self.average == "probabilities":
+            return total - math.log(n)  # log(sum_k p_k / n) = logsumexp_k(log p_k) - log n
+        return total / n
+
+    def _accumulate(self, total: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        term = self._term(y)
+        if total is None:
+            return term
+        return torch.logaddexp(total, term, out=total) if self.average == "probabilities" else total.add_(term)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(f"MirrorTTA expects (N, C, {self.spatial_dims} spatial axes), got {tuple(x.shape)}")
+        total = None
         if self.batch_flips:
             n = x.shape[0]
             batch = torch.cat([torch.flip(x, f) if f else x for f in self.flips])
             out = self._first(self.predictor(batch, *args, **kwargs))
-            total = None
             for i, f in enumerate(self.flips):
                 y = out[i * n : (i + 1) * n]
-                y = torch.flip(y, f) if f else y
-                total = y.float().clone() if total is None else total.add_(y.float())
-            return total / len(self.flips)
-        total = None
+                total = self._accumulate(total, torch.flip(y, f) if f else y)
+            return self._reduce(total)
         for f in self.flips:
             y = self._first(self.predictor(torch.flip(x, f) if f else x, *args, **kwargs))
-            y = torch.flip(y, f) if f else y
-            total = y.float().clone() if total is None else total.add_(y.float())
-        return total / len(self.flips)
+            total = self._accumulate(total, torch.flip(y, f) if f else y)
+        return self._reduce(total)

@@ -1,4 +1,5 @@
-"""Helpers that bundle configs call in ``$`` expressions: where the bundle and the data are.
+"""Helpers that bundle configs call in ``$`` expressions: where the bundle and the data are, and whether its weights
+exist (:func:`require_weights` refuses to run a bundle without ``models/model.pt`` unless ``allow_untrained``).
 
 A MONAI bundle config cannot see its own file name, and the model zoo works around that by requiring the working
 directory to be the bundle root. :func:`bundle_root` instead finds the config file the running MONAI workflow (or
@@ -11,14 +12,16 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
 
+from pipeline.errors import EXIT_MODEL, EXIT_USAGE
 from pipeline.paths import BUNDLES_DIR, find_data_root
 
-__all__ = ["bundle_root", "dataset_dir"]
+__all__ = ["bundle_root", "dataset_dir", "require_weights", "MissingWeightsExit"]
 
 #: local-variable names that hold the config file(s) in MONAI's bundle entry points (``monai.bundle.scripts``)
 _CONFIG_LOCALS = ("config_file", "config_file_", "_config_files", "config_files")
@@ -74,6 +77,79 @@ def bundle_root(name: str | None = None) -> str:
     if name and (BUNDLES_DIR / name).is_dir():
         return str(BUNDLES_DIR / name)
     return os.getcwd()
+
+
+class MissingWeightsExit(SystemExit):
+    """Raised by :func:`require_weights`: the bundle has no trained weights and untrained ones were not allowed.
+
+    A ``SystemExit`` (exit code 4, "bad model"), not an ``Exception``: MONAI's config parser wraps every
+    ``Exception`` raised in a ``$`` expression into a ``RuntimeError`` whose traceback would bury the message, while a
+    ``SystemExit`` ends ``python -m monai.bundle run`` with the one line already printed. ``message`` holds that line.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_MODEL)
+        self.message = message
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "none", "")
+
+
+def _as_flag(value: object) -> bool:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"allow_untrained must be true or false, got {value!r}")
+    return bool(value)
+
+
+def require_weights(ckpt_path: str | os.PathLike, allow_untrained: bool | str = False) -> bool:
+    """Whether a bundle's ``CheckpointLoader`` should run: refuse to go on without trained weights unless asked to.
+
+    Bundle configs call it as the loader's ``_disabled_`` expression,
+    ``"$not pipeline.training.bundle.require_weights(@ckpt_path, @allow_untrained)"``, so that
+    ``python -m monai.bundle run`` never writes label maps or metrics from a randomly initialised network by accident.
+
+    Args:
+        ckpt_path: the weights file (``<bundle>/models/model.pt``).
+        allow_untrained: run without the file anyway (smoke tests); ``--allow_untrained true`` on the command line
+            gives the string ``"true"``, which is accepted like ``True``.
+
+    Returns:
+        True when the file exists (load it); False when it is missing and ``allow_untrained`` (a one-line warning is
+        printed on stderr and the network keeps its random initialisation).
+
+    Raises:
+        MissingWeightsExit: the file is missing and untrained weights were not allowed. The one-line error, naming
+            the file and the override, is printed on stderr first; the exit code is 4.
+        SystemExit: ``allow_untrained`` is a string that is not a yes/no value (exit code 2, after one line).
+
+    Examples:
+        >>> require_weights(__file__)  # an existing file: the CheckpointLoader runs
+        True
+        >>> require_weights("/nonexistent/models/model.pt", allow_untrained="true")  # doctest: +SKIP
+        False
+    """
+    path = Path(ckpt_path)
+    try:
+        allowed = _as_flag(allow_untrained)
+    except ValueError as exc:
+        print(f"error: {exc} (e.g. --allow_untrained true)", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USAGE) from None
+    if path.is_file():
+        return True
+    if allowed:
+        print(f"warning: {path}: no trained weights; running with a randomly initialised network "
+              "(allow_untrained): the outputs are not a segmentation", file=sys.stderr, flush=True)
+        return False
+    bundle = path.parent.parent if path.parent.name == "models" else "BUNDLE"
+    message = (f"error: {path}: no trained weights (file not found): the bundle would run with a randomly "
+               f"initialised network. Train it (medseg train --bundle {bundle}), pass the weights with "
+               "--ckpt_path FILE, or add --allow_untrained true for a smoke test")
+    print(message, file=sys.stderr, flush=True)
+    raise MissingWeightsExit(message)
 
 
 def dataset_dir(name: str) -> str:

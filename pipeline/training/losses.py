@@ -8,7 +8,7 @@ are made by nearest-neighbour resizing (MONAI's :class:`~monai.losses.DeepSuperv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
@@ -42,6 +42,9 @@ class DiceCEDeepSupervisionLoss(_Loss):
         ds_weights: weights for the deep-supervision outputs (full resolution first); ``None`` uses
             :func:`deep_supervision_weights` for however many outputs the network returns.
         smooth: numerator and denominator smoothing of the soft Dice.
+        auxiliary: a callable returning a network's extra training losses (a tensor or ``0.0``), added to every
+            result, e.g. ``net.auxiliary_loss`` of a Swin-Unet 3D with guided PAM/CAM attention, whose losses exist
+            only after a training-mode forward. In a bundle: ``"auxiliary": "$@network_def.auxiliary_loss"``.
 
     Inputs are logits ``(B, C, *spatial)`` (or a sequence of them, coarser ones may be smaller) and an integer label
     map ``(B, 1, *spatial)``.
@@ -53,6 +56,9 @@ class DiceCEDeepSupervisionLoss(_Loss):
         >>> preds = [torch.randn(2, 3, 8, 8, 8), torch.randn(2, 3, 4, 4, 4)]
         >>> loss(preds, label).ndim
         0
+        >>> with_aux = DiceCEDeepSupervisionLoss(auxiliary=lambda: torch.tensor(0.5))
+        >>> float(with_aux(preds, label) - loss(preds, label))
+        0.5
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class DiceCEDeepSupervisionLoss(_Loss):
         lambda_ce: float = 1.0,
         ds_weights: Sequence[float] | None = None,
         smooth: float = 1e-5,
+        auxiliary: Callable[[], torch.Tensor | float] | None = None,
     ) -> None:
         super().__init__()
         self.base = DiceCELoss(
@@ -76,8 +83,15 @@ class DiceCEDeepSupervisionLoss(_Loss):
             lambda_ce=lambda_ce,
         )
         self.ds_weights = None if ds_weights is None else [float(w) for w in ds_weights]
+        if auxiliary is not None and not callable(auxiliary):
+            raise TypeError(f"auxiliary must be callable (e.g. net.auxiliary_loss), got {type(auxiliary).__name__}")
+        self.auxiliary = auxiliary
 
     def forward(self, input: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        loss = self._segmentation(input, target)
+        return loss if self.auxiliary is None else loss + self.auxiliary()
+
+    def _segmentation(self, input: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.Tensor):
             self._check(input, target)
             return self.base(input, target)
