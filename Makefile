@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # test workers: xdist processes (2 cores here); each worker runs torch with one thread
 WORKERS ?= 2
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 $(STAMP): requirements.txt setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ $(STAMP): requirements.txt setup.cfg
 
 install: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup tests
+# static checks (tool versions pinned in requirements.txt, settings in pyproject.toml)
+lint: $(STAMP)
+	$(PY) -m ruff check pipeline tests benchmarks
+	$(PY) -m ruff format --check pipeline tests benchmarks
+	$(PY) -m mypy pipeline
+
+# the static checks, then the test suite and the docstring Examples of pipeline/ (doctests)
+test: lint
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup --doctest-modules tests pipeline
 
 demo: $(STAMP)
 	$(PY) -m pipeline demo
@@ -27,4 +34,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .mypy_cache

@@ -102,8 +102,12 @@ DEFAULT_OUT = BENCH_DIR / "results" / "ablation_hippocampus.md"
 DEFAULT_WORK = PROJECT_ROOT / "outputs" / "ablation_hippocampus"
 QUICK_RESULTS = PROJECT_ROOT / "outputs" / "ablation_hippocampus_quick"
 #: the small files of a run that are copied from its work folder to its results folder (source -> copy)
-COPIED = {"train/training_log.jsonl": "training_log.jsonl", "train.log": "train.log",
-          "eval/report.md": "report.md", "eval/report.json": "report.json"}
+COPIED = {
+    "train/training_log.jsonl": "training_log.jsonl",
+    "train.log": "train.log",
+    "eval/report.md": "report.md",
+    "eval/report.json": "report.json",
+}
 #: quick mode: the first N training / validation cases of the datalist, 2 steps, validation every epoch
 QUICK_CASES = (2, 1)
 QUICK_STEPS = 2
@@ -178,8 +182,10 @@ def network_size(spec: RunSpec) -> dict[str, Any]:
     from swin3d_forward import count_gmacs
 
     net = build_network(spec).eval()
-    return {"params": int(sum(p.numel() for p in net.parameters())),
-            "gmacs": round(float(count_gmacs(net, torch.zeros(1, 1, *ROI))), 4)}
+    return {
+        "params": int(sum(p.numel() for p in net.parameters())),
+        "gmacs": round(float(count_gmacs(net, torch.zeros(1, 1, *ROI))), 4),
+    }
 
 
 class StepTimer:
@@ -217,8 +223,7 @@ def time_training_steps(specs: Sequence[RunSpec], rounds: int) -> dict[str, dict
     for _ in range(rounds):
         for timer in timers.values():
             timer.step()
-    return {v: {"step_s": statistics.median(t.wall), "cpu_step_s": statistics.median(t.cpu)}
-            for v, t in timers.items()}
+    return {v: {"step_s": statistics.median(t.wall), "cpu_step_s": statistics.median(t.cpu)} for v, t in timers.items()}
 
 
 # --- data -------------------------------------------------------------------------------------------------------------
@@ -239,9 +244,12 @@ def prepare_datalist(results: Path, quick: bool) -> Path:
         raise ModelError(f"the two bundles' datalists differ ({other}): the runs would not share a split", path=src)
     if not quick:
         return src
-    small = {"description": f"quick smoke run: the first {QUICK_CASES[0]} training and {QUICK_CASES[1]} validation "
-                            f"cases of {src}",
-             "training": full["training"][: QUICK_CASES[0]], "validation": full["validation"][: QUICK_CASES[1]]}
+    small = {
+        "description": f"quick smoke run: the first {QUICK_CASES[0]} training and {QUICK_CASES[1]} validation "
+        f"cases of {src}",
+        "training": full["training"][: QUICK_CASES[0]],
+        "validation": full["validation"][: QUICK_CASES[1]],
+    }
     out = results / "datalist.json"
     save_json_atomic(small, out)
     return out
@@ -261,8 +269,9 @@ def check_data(data: Path, datalist: Path) -> None:
     for item in [*lists["training"], *lists["validation"]]:
         for key in ("image", "label"):
             if not (data / item[key]).is_file():
-                raise InputDataError(f"{item[key]} of {datalist.name} is missing (is --data the Task04 folder?)",
-                                     path=data)
+                raise InputDataError(
+                    f"{item[key]} of {datalist.name} is missing (is --data the Task04 folder?)", path=data
+                )
 
 
 # --- training ---------------------------------------------------------------------------------------------------------
@@ -277,21 +286,52 @@ def checkpoint_trainer_state(train_dir: Path) -> dict[str, int] | None:
 def child_env(threads: int) -> dict[str, str]:
     """The training processes' environment: ``threads`` OpenMP/MKL threads, no progress bars, unbuffered output."""
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "MEDSEG_PROGRESS": "0",
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "MEDSEG_PROGRESS": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
-def train_command(spec: RunSpec, run_dir: Path, *, epochs: int, data: Path, datalist: Path, val_interval: int,
-                  device: str, resume: bool) -> list[str]:
+def train_command(
+    spec: RunSpec,
+    run_dir: Path,
+    *,
+    epochs: int,
+    data: Path,
+    datalist: Path,
+    val_interval: int,
+    device: str,
+    resume: bool,
+) -> list[str]:
     """``python -m pipeline train`` for this run (the product's training command)."""
     train_dir = run_dir / "train"
-    sets = {"train_dir": str(train_dir), "ckpt_dir": str(train_dir / "best"), "seed": spec.seed,
-            "dataset_dir": str(data), "datalist_file": str(datalist), "val_interval": val_interval,
-            **spec.overrides()}
-    cmd = [sys.executable, "-m", "pipeline", "train", "--bundle", str(spec.bundle), "--epochs", str(epochs),
-           "--device", device]
+    sets = {
+        "train_dir": str(train_dir),
+        "ckpt_dir": str(train_dir / "best"),
+        "seed": spec.seed,
+        "dataset_dir": str(data),
+        "datalist_file": str(datalist),
+        "val_interval": val_interval,
+        **spec.overrides(),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train",
+        "--bundle",
+        str(spec.bundle),
+        "--epochs",
+        str(epochs),
+        "--device",
+        device,
+    ]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
     return cmd + (["--resume"] if resume else [])
@@ -304,8 +344,7 @@ def run_training(cmd: list[str], log: Path, threads: int) -> int:
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n# started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, "
-                 f"OMP_NUM_THREADS={threads}\n")
+        fh.write(f"\n$ {' '.join(cmd)}\n# started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, OMP_NUM_THREADS={threads}\n")
         fh.flush()
         proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=child_env(threads), stdout=fh, stderr=subprocess.STDOUT)
         try:
@@ -381,14 +420,23 @@ def evaluate(bundle: Path, data: Path, out: Path, device: str, overwrite: bool) 
     """Score the exported bundle on its validation cases with the ``medseg benchmark`` code (``strict``)."""
     from pipeline.benchmark.runner import BenchmarkOptions, run_benchmark
 
-    opts = BenchmarkOptions(bundle=str(bundle), data=str(data), split="validation", protocol="strict", out=str(out),
-                            table="none", overwrite=overwrite, device=device,
-                            command="benchmarks/ablation_hippocampus.py (medseg benchmark code)")
+    opts = BenchmarkOptions(
+        bundle=str(bundle),
+        data=str(data),
+        split="validation",
+        protocol="strict",
+        out=str(out),
+        table="none",
+        overwrite=overwrite,
+        device=device,
+        command="benchmarks/ablation_hippocampus.py (medseg benchmark code)",
+    )
     report, _ = run_benchmark(opts)
     failed = [c.case for c in report.cases if c.status != "ok"]
     if failed:
-        raise InputDataError(f"{len(failed)} validation case(s) failed, e.g. {failed[0]} (see {out}/report.md)",
-                             path=out)
+        raise InputDataError(
+            f"{len(failed)} validation case(s) failed, e.g. {failed[0]} (see {out}/report.md)", path=out
+        )
     means = report.class_means()
     return {
         "cases": len(report.ok_cases),
@@ -423,9 +471,12 @@ def constant_baseline(data: Path, datalist: Path) -> list[dict[str, Any]]:
                     dice[r["class"]].append(float(r["dice"]))
                 if r["hd95"] is not None:
                     hd95[r["class"]].append(float(r["hd95"]))
-        row = {"label": k, "cases": len(labels),
-               "dice": {str(c): statistics.fmean(v) for c, v in dice.items()},
-               "hd95_mm": {str(c): statistics.fmean(v) for c, v in hd95.items()}}
+        row = {
+            "label": k,
+            "cases": len(labels),
+            "dice": {str(c): statistics.fmean(v) for c, v in dice.items()},
+            "hd95_mm": {str(c): statistics.fmean(v) for c, v in hd95.items()},
+        }
         row["mean_dice"] = statistics.fmean(row["dice"].values())
         row["mean_hd95_mm"] = statistics.fmean(row["hd95_mm"].values())
         rows.append(row)
@@ -468,8 +519,9 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
-        raise InputDataError(f"unreadable run state ({exc}); delete the file to redo the run's figures",
-                             path=path) from None
+        raise InputDataError(
+            f"unreadable run state ({exc}); delete the file to redo the run's figures", path=path
+        ) from None
 
 
 def check_budgets(specs: Sequence[RunSpec], s: Settings) -> None:
@@ -477,9 +529,11 @@ def check_budgets(specs: Sequence[RunSpec], s: Settings) -> None:
     for spec in specs:
         steps = load_state(run_state_file(s, spec)).get("steps")
         if steps is not None and steps != s.steps:
-            raise UsageError(f"run {spec.name} was started with --steps {steps}, not {s.steps}: use the same budget "
-                             f"for every run, or delete {s.results / spec.name} and {s.work / spec.name} "
-                             "to start it again")
+            raise UsageError(
+                f"run {spec.name} was started with --steps {steps}, not {s.steps}: use the same budget "
+                f"for every run, or delete {s.results / spec.name} and {s.work / spec.name} "
+                "to start it again"
+            )
 
 
 def do_run(spec: RunSpec, s: Settings, log=print) -> dict[str, Any]:
@@ -488,45 +542,76 @@ def do_run(spec: RunSpec, s: Settings, log=print) -> dict[str, Any]:
     state_file = run_state_file(s, spec)
     state = load_state(state_file)
     if state and state.get("steps") != s.steps:
-        raise UsageError(f"run {spec.name} was started with --steps {state.get('steps')}, not {s.steps}: use the same "
-                         f"budget for every run, or delete {state_file.parent} and {run_dir} to start it again")
+        raise UsageError(
+            f"run {spec.name} was started with --steps {state.get('steps')}, not {s.steps}: use the same "
+            f"budget for every run, or delete {state_file.parent} and {run_dir} to start it again"
+        )
     if state.get("eval") and state.get("final_step") == s.steps:
-        log(f"[ablation] {spec.name}: finished earlier ({s.steps} steps, mean DSC {state['eval']['mean_dice']:.4f}), "
-            "skipped")
+        log(
+            f"[ablation] {spec.name}: finished earlier ({s.steps} steps, mean DSC {state['eval']['mean_dice']:.4f}), "
+            "skipped"
+        )
         return state
     ckpt = checkpoint_trainer_state(run_dir / "train")
     if ckpt is not None and ckpt["iteration"] > s.steps:
         raise UsageError(f"run {spec.name} has a checkpoint at step {ckpt['iteration']}, beyond --steps {s.steps}")
-    state.update({"run": spec.name, "variant": spec.variant, "seed": spec.seed, "steps": s.steps,
-                  "epochs": s.epochs, "bundle": spec.bundle.name, "overrides": spec.overrides(),
-                  "val_interval": s.val_interval, "quick": s.quick, "work_dir": str(run_dir)})
+    state.update(
+        {
+            "run": spec.name,
+            "variant": spec.variant,
+            "seed": spec.seed,
+            "steps": s.steps,
+            "epochs": s.epochs,
+            "bundle": spec.bundle.name,
+            "overrides": spec.overrides(),
+            "val_interval": s.val_interval,
+            "quick": s.quick,
+            "work_dir": str(run_dir),
+        }
+    )
     if "params" not in state:
         state.update(network_size(spec))
     save_json_atomic(state, state_file)
     trained_now = False
     if ckpt is None or ckpt["iteration"] < s.steps:
         resume = ckpt is not None
-        log(f"[ablation] {spec.name}: {'resuming at step ' + str(ckpt['iteration']) if resume else 'training'} "
-            f"-> {s.steps} steps ({s.epochs} epochs), {s.threads} thread(s); log {run_dir / 'train.log'}")
-        cmd = train_command(spec, run_dir, epochs=s.epochs, data=s.data, datalist=s.datalist,
-                            val_interval=s.val_interval, device=s.device, resume=resume)
+        log(
+            f"[ablation] {spec.name}: {'resuming at step ' + str(ckpt['iteration']) if resume else 'training'} "
+            f"-> {s.steps} steps ({s.epochs} epochs), {s.threads} thread(s); log {run_dir / 'train.log'}"
+        )
+        cmd = train_command(
+            spec,
+            run_dir,
+            epochs=s.epochs,
+            data=s.data,
+            datalist=s.datalist,
+            val_interval=s.val_interval,
+            device=s.device,
+            resume=resume,
+        )
         t0, rc = time.time(), None
         try:
             rc = run_training(cmd, run_dir / "train.log", s.threads)
         finally:  # an interrupted invocation is recorded too
             sync_results(spec, s)
             state.setdefault("invocations", []).append(
-                {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
-                 "seconds": round(time.time() - t0, 1), "threads": s.threads,
-                 "returncode": "interrupted" if rc is None else rc,
-                 "resumed_at_step": ckpt["iteration"] if resume else 0})
+                {
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+                    "seconds": round(time.time() - t0, 1),
+                    "threads": s.threads,
+                    "returncode": "interrupted" if rc is None else rc,
+                    "resumed_at_step": ckpt["iteration"] if resume else 0,
+                }
+            )
             save_json_atomic(state, state_file)
         if rc != 0:
             raise ModelError(f"training exited with code {rc} (see {run_dir / 'train.log'})", path=run_dir)
         ckpt = checkpoint_trainer_state(run_dir / "train")
         if ckpt is None or ckpt["iteration"] != s.steps:
-            raise ModelError(f"training ended at step {None if ckpt is None else ckpt['iteration']}, expected "
-                             f"{s.steps}", path=run_dir / "train")
+            raise ModelError(
+                f"training ended at step {None if ckpt is None else ckpt['iteration']}, expected {s.steps}",
+                path=run_dir / "train",
+            )
         trained_now = True
     state["training"] = read_log(run_dir / "train")
     state["final_step"] = ckpt["iteration"]
@@ -541,16 +626,19 @@ def do_run(spec: RunSpec, s: Settings, log=print) -> dict[str, Any]:
     state["eval"] = evaluate(bundle, s.data, run_dir / "eval", s.device, overwrite=exported)
     sync_results(spec, s)
     save_json_atomic(state, state_file)
-    log(f"[ablation] {spec.name}: mean DSC {state['eval']['mean_dice']:.4f}, mean HD95 "
-        f"{state['eval']['mean_hd95_mm']:.2f} mm")
+    log(
+        f"[ablation] {spec.name}: mean DSC {state['eval']['mean_dice']:.4f}, mean HD95 "
+        f"{state['eval']['mean_hd95_mm']:.2f} mm"
+    )
     return state
 
 
 def draw_run_curve(spec: RunSpec, log: Path, png: Path) -> Path:
     from pipeline.training.curve import plot_curve, read_epochs
 
-    return plot_curve(read_epochs(log), png, title=f"{spec.name}: train loss (epoch mean) and validation Dice "
-                                                   "(MONAI MeanDice)")
+    return plot_curve(
+        read_epochs(log), png, title=f"{spec.name}: train loss (epoch mean) and validation Dice (MONAI MeanDice)"
+    )
 
 
 # --- report -----------------------------------------------------------------------------------------------------------
@@ -590,11 +678,16 @@ def verdicts(states: Sequence[dict], seed: int) -> list[str]:
     width = max(spread.values()) if spread else None
     lines = []
     if width is None:
-        lines.append("seed-to-seed spread: not measured yet (no variant has two finished seeds), so no difference "
-                     "below can be called real or noise")
+        lines.append(
+            "seed-to-seed spread: not measured yet (no variant has two finished seeds), so no difference "
+            "below can be called real or noise"
+        )
     else:
-        lines.append("seed-to-seed spread of the mean DSC: " + ", ".join(f"{v} {d:.4f}" for v, d in spread.items())
-                     + f"; a module counts as helping or hurting only beyond {width:.4f}")
+        lines.append(
+            "seed-to-seed spread of the mean DSC: "
+            + ", ".join(f"{v} {d:.4f}" for v, d in spread.items())
+            + f"; a module counts as helping or hurting only beyond {width:.4f}"
+        )
     if base is None:
         return lines + ["plain swinunet3d (the reference of every module) has not finished yet"]
     ref = base["eval"]["mean_dice"]
@@ -613,16 +706,33 @@ def verdicts(states: Sequence[dict], seed: int) -> list[str]:
             verdict = f"helped ({delta / width:.1f}x the spread)" if width > 0 else "helped"
         else:
             verdict = f"hurt ({-delta / width:.1f}x the spread)" if width > 0 else "hurt"
-        lines.append(f"{what}: mean DSC {st['eval']['mean_dice']:.4f}, {delta:+.4f} against plain swinunet3d "
-                     f"({ref:.4f}): {verdict}")
+        lines.append(
+            f"{what}: mean DSC {st['eval']['mean_dice']:.4f}, {delta:+.4f} against plain swinunet3d "
+            f"({ref:.4f}): {verdict}"
+        )
     return lines
 
 
 def results_table(specs: Sequence[RunSpec], states: dict[str, dict], baseline: list[dict] | None) -> str:
     from pipeline.benchmark import markdown_table
 
-    head = ["run", "variant", "seed", "params (M)", "GMACs / window", "steps", "train wall time", "s / step",
-            "DSC ant.", "DSC post.", "DSC mean", "HD95 ant. (mm)", "HD95 post. (mm)", "HD95 mean (mm)", "NaN-free"]
+    head = [
+        "run",
+        "variant",
+        "seed",
+        "params (M)",
+        "GMACs / window",
+        "steps",
+        "train wall time",
+        "s / step",
+        "DSC ant.",
+        "DSC post.",
+        "DSC mean",
+        "HD95 ant. (mm)",
+        "HD95 post. (mm)",
+        "HD95 mean (mm)",
+        "NaN-free",
+    ]
     rows = []
     for spec in specs:
         st = states.get(spec.name, {})
@@ -632,27 +742,75 @@ def results_table(specs: Sequence[RunSpec], states: dict[str, dict], baseline: l
             steps = st.get("final_step")
         else:
             steps = f"{st.get('progress_step', 0)} of {st['steps']} (not finished)" if "steps" in st else "not started"
-        rows.append([spec.name, f"`{spec.variant}`", spec.seed, params, _f(st.get("gmacs"), 2), steps,
-                     _hms(tr.get("wall_s")) if tr else None, _f(tr.get("step_s"), 2) if tr else None,
-                     _f(ev.get("dice", {}).get("1")), _f(ev.get("dice", {}).get("2")),
-                     f"**{_f(ev.get('mean_dice'))}**" if ev else None,
-                     _f(ev.get("hd95_mm", {}).get("1"), 2), _f(ev.get("hd95_mm", {}).get("2"), 2),
-                     _f(ev.get("mean_hd95_mm"), 2) if ev else None,
-                     ("yes" if tr.get("nan_free") else "**no**") if tr else None])
+        rows.append(
+            [
+                spec.name,
+                f"`{spec.variant}`",
+                spec.seed,
+                params,
+                _f(st.get("gmacs"), 2),
+                steps,
+                _hms(tr.get("wall_s")) if tr else None,
+                _f(tr.get("step_s"), 2) if tr else None,
+                _f(ev.get("dice", {}).get("1")),
+                _f(ev.get("dice", {}).get("2")),
+                f"**{_f(ev.get('mean_dice'))}**" if ev else None,
+                _f(ev.get("hd95_mm", {}).get("1"), 2),
+                _f(ev.get("hd95_mm", {}).get("2"), 2),
+                _f(ev.get("mean_hd95_mm"), 2) if ev else None,
+                ("yes" if tr.get("nan_free") else "**no**") if tr else None,
+            ]
+        )
     for b in baseline or []:
-        rows.append([f"constant label {b['label']}", "baseline", "–", "0", "0", "0", "–", "–",
-                     _f(b["dice"]["1"]), _f(b["dice"]["2"]), _f(b["mean_dice"]),
-                     _f(b["hd95_mm"]["1"], 2), _f(b["hd95_mm"]["2"], 2), _f(b["mean_hd95_mm"], 2), "–"])
+        rows.append(
+            [
+                f"constant label {b['label']}",
+                "baseline",
+                "–",
+                "0",
+                "0",
+                "0",
+                "–",
+                "–",
+                _f(b["dice"]["1"]),
+                _f(b["dice"]["2"]),
+                _f(b["mean_dice"]),
+                _f(b["hd95_mm"]["1"], 2),
+                _f(b["hd95_mm"]["2"], 2),
+                _f(b["mean_hd95_mm"], 2),
+                "–",
+            ]
+        )
     return markdown_table(head, rows)
 
 
 def cost_table(cost: dict[str, dict]) -> str:
     from pipeline.benchmark import markdown_table
 
-    rows = [[f"`{v}`", f"{c['params']:,}", _f(c["gmacs"], 2), _f(c.get("step_s"), 2), _f(c.get("cpu_step_s"), 2),
-             c.get("threads"), c.get("measured")] for v, c in cost.items()]
-    return markdown_table(["variant", "parameters", "GMACs / 32x48x32 window", "wall s / training step (batch 2)",
-                           "CPU s / step", "torch threads", "measured"], rows)
+    rows = [
+        [
+            f"`{v}`",
+            f"{c['params']:,}",
+            _f(c["gmacs"], 2),
+            _f(c.get("step_s"), 2),
+            _f(c.get("cpu_step_s"), 2),
+            c.get("threads"),
+            c.get("measured"),
+        ]
+        for v, c in cost.items()
+    ]
+    return markdown_table(
+        [
+            "variant",
+            "parameters",
+            "GMACs / 32x48x32 window",
+            "wall s / training step (batch 2)",
+            "CPU s / step",
+            "torch threads",
+            "measured",
+        ],
+        rows,
+    )
 
 
 def draw_summary_curves(specs: Sequence[RunSpec], s: Settings, png: Path) -> Path | None:
@@ -725,10 +883,14 @@ def write_report(specs: Sequence[RunSpec], s: Settings, out: Path, argv: Sequenc
     parts = [table, ""]
     cost = load_state(s.results / "cost.json")
     if cost:
-        parts += ["Network cost (`--measure`): parameters, GMACs, and the median time of a synthetic training step "
-                  "of the recipe (batch 2, forward + loss + backward + AdamW), the variants timed round-robin while "
-                  "the machine's other core ran other jobs (wall time grows with that load, CPU time much less):",
-                  "", cost_table(cost), ""]
+        parts += [
+            "Network cost (`--measure`): parameters, GMACs, and the median time of a synthetic training step "
+            "of the recipe (batch 2, forward + loss + backward + AdamW), the variants timed round-robin while "
+            "the machine's other core ran other jobs (wall time grows with that load, CPU time much less):",
+            "",
+            cost_table(cost),
+            "",
+        ]
     seed = min(sp.seed for sp in specs)
     parts += ["What each module changed (validation mean DSC, final weights):", ""]
     parts += [f"- {line}" for line in verdicts(finished, seed)]
@@ -736,14 +898,19 @@ def write_report(specs: Sequence[RunSpec], s: Settings, out: Path, argv: Sequenc
     if swin:
         best = max(swin, key=lambda st: st["eval"]["mean_dice"])
         met = "met" if best["eval"]["mean_dice"] >= TARGET_DICE else "NOT met"
-        parts.append(f"- best Swin run: {best['run']} with mean DSC {best['eval']['mean_dice']:.4f} "
-                     f"(target >= {TARGET_DICE}: {met})")
+        parts.append(
+            f"- best Swin run: {best['run']} with mean DSC {best['eval']['mean_dice']:.4f} "
+            f"(target >= {TARGET_DICE}: {met})"
+        )
     if baseline and finished:
         best_const = max(b["mean_dice"] for b in baseline)
         worst = min(st["eval"]["mean_dice"] for st in finished)
-        parts.append(f"- every finished run is above the best constant predictor (mean DSC {best_const:.3f}) by at "
-                     f"least {worst - best_const:.3f}" if worst > best_const else
-                     f"- WARNING: a run does not beat the best constant predictor (mean DSC {best_const:.3f})")
+        parts.append(
+            f"- every finished run is above the best constant predictor (mean DSC {best_const:.3f}) by at "
+            f"least {worst - best_const:.3f}"
+            if worst > best_const
+            else f"- WARNING: a run does not beat the best constant predictor (mean DSC {best_const:.3f})"
+        )
     parts.append("")
     curves = draw_summary_curves(specs, s, s.results / "curves.png")
     rel = os.path.relpath(s.results, out.parent)
@@ -769,8 +936,15 @@ def write_report(specs: Sequence[RunSpec], s: Settings, out: Path, argv: Sequenc
     ]
     if s.quick:
         notes.insert(0, "QUICK SMOKE RUN: a few cases and steps; these figures say nothing about the networks")
-    write_section(out, TITLE, "\n".join(parts), command=command_line(argv, "benchmarks/ablation_hippocampus.py"),
-                  stamp=system_stamp(s.device), notes=notes, script="ablation_hippocampus")
+    write_section(
+        out,
+        TITLE,
+        "\n".join(parts),
+        command=command_line(argv, "benchmarks/ablation_hippocampus.py"),
+        stamp=system_stamp(s.device),
+        notes=notes,
+        script="ablation_hippocampus",
+    )
     return table
 
 
@@ -784,8 +958,9 @@ def results_lock(results: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError("another ablation_hippocampus.py is running on this results folder", path=results) \
-                from None
+            raise UsageError(
+                "another ablation_hippocampus.py is running on this results folder", path=results
+            ) from None
         fh.write(f"{os.getpid()}\n")
         fh.flush()
         yield
@@ -796,38 +971,78 @@ def results_lock(results: Path) -> Iterator[None]:
 # --- command line -----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks/ablation_hippocampus.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps per run, the same for every run; a multiple of the iterations per epoch "
-                        "(80). Required unless --measure/--quick")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps per run, the same for every run; a multiple of the iterations per epoch "
+        "(80). Required unless --measure/--quick",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of training and evaluation (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the main runs (default 0)")
-    p.add_argument("--extra-seed", action="append", default=[], metavar="VARIANT",
-                   help="also train VARIANT with seed --seed + 1 (repeatable), for the seed-to-seed spread")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help=f"comma-separated variants of the main runs (default all: {','.join(VARIANTS)})")
-    p.add_argument("--only", action="append", default=[], metavar="VARIANT_OR_RUN",
-                   help="train/evaluate only these (a variant or a run name such as swinunet3d_seed1); the report "
-                        "still lists every planned run")
+    p.add_argument(
+        "--extra-seed",
+        action="append",
+        default=[],
+        metavar="VARIANT",
+        help="also train VARIANT with seed --seed + 1 (repeatable), for the seed-to-seed spread",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated variants of the main runs (default all: {','.join(VARIANTS)})",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="VARIANT_OR_RUN",
+        help="train/evaluate only these (a variant or a run name such as swinunet3d_seed1); the report "
+        "still lists every planned run",
+    )
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the table and curves")
-    p.add_argument("--measure", action="store_true",
-                   help="only measure parameters, GMACs and seconds per training step of each variant")
-    p.add_argument("--measure-steps", type=int, default=5,
-                   help="timed steps per variant with --measure, one per variant per round (median; default 5)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="the Task04_Hippocampus folder (default $MEDSEG_DATA or ../shared/data)")
-    p.add_argument("--results-dir", type=Path, default=None,
-                   help=f"runs folder (default {DEFAULT_RESULTS.relative_to(PROJECT_ROOT)}, quick: "
-                        f"{QUICK_RESULTS.relative_to(PROJECT_ROOT)})")
-    p.add_argument("--work-dir", type=Path, default=None,
-                   help=f"training state, exported weights and predictions (default "
-                        f"{DEFAULT_WORK.relative_to(PROJECT_ROOT)}, quick: <results-dir>/work)")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"Markdown section (default {DEFAULT_OUT.relative_to(PROJECT_ROOT)}, quick: "
-                        "<results-dir>/ablation_hippocampus.md)")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="only measure parameters, GMACs and seconds per training step of each variant",
+    )
+    p.add_argument(
+        "--measure-steps",
+        type=int,
+        default=5,
+        help="timed steps per variant with --measure, one per variant per round (median; default 5)",
+    )
+    p.add_argument(
+        "--data", type=Path, default=None, help="the Task04_Hippocampus folder (default $MEDSEG_DATA or ../shared/data)"
+    )
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help=f"runs folder (default {DEFAULT_RESULTS.relative_to(PROJECT_ROOT)}, quick: "
+        f"{QUICK_RESULTS.relative_to(PROJECT_ROOT)})",
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help=f"training state, exported weights and predictions (default "
+        f"{DEFAULT_WORK.relative_to(PROJECT_ROOT)}, quick: <results-dir>/work)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"Markdown section (default {DEFAULT_OUT.relative_to(PROJECT_ROOT)}, quick: "
+        "<results-dir>/ablation_hippocampus.md)",
+    )
     p.add_argument("--device", default="cpu", help="torch device of training and evaluation (default cpu)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: {' and '.join(QUICK_VARIANTS)}, {QUICK_STEPS} steps on {QUICK_CASES[0]} "
-                        f"training / {QUICK_CASES[1]} validation case(s), outside benchmarks/results")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {' and '.join(QUICK_VARIANTS)}, {QUICK_STEPS} steps on {QUICK_CASES[0]} "
+        f"training / {QUICK_CASES[1]} validation case(s), outside benchmarks/results",
+    )
     return p
 
 
@@ -850,11 +1065,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
     steps = steps or per_epoch
     if steps < per_epoch or steps % per_epoch:
         lo = max(per_epoch, steps // per_epoch * per_epoch)
-        raise UsageError(f"--steps {steps} is not a whole number of epochs of {per_epoch} iterations "
-                         f"(e.g. {lo} or {lo + per_epoch})")
-    return Settings(results=results, work=work, data=data, datalist=datalist, steps=steps, epochs=steps // per_epoch,
-                    val_interval=1 if args.quick else VAL_INTERVAL, threads=args.threads, device=args.device,
-                    quick=args.quick)
+        raise UsageError(
+            f"--steps {steps} is not a whole number of epochs of {per_epoch} iterations (e.g. {lo} or {lo + per_epoch})"
+        )
+    return Settings(
+        results=results,
+        work=work,
+        data=data,
+        datalist=datalist,
+        steps=steps,
+        epochs=steps // per_epoch,
+        val_interval=1 if args.quick else VAL_INTERVAL,
+        threads=args.threads,
+        device=args.device,
+        quick=args.quick,
+    )
 
 
 def measure(specs: Sequence[RunSpec], s: Settings, rounds: int) -> dict[str, dict]:
@@ -865,12 +1090,19 @@ def measure(specs: Sequence[RunSpec], s: Settings, rounds: int) -> dict[str, dic
     times = time_training_steps(unique, rounds)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     for spec in unique:
-        row = {**network_size(spec), **{k: round(v, 3) for k, v in times[spec.variant].items()},
-               "threads": s.threads, "rounds": rounds, "measured": stamp}
+        row = {
+            **network_size(spec),
+            **{k: round(v, 3) for k, v in times[spec.variant].items()},
+            "threads": s.threads,
+            "rounds": rounds,
+            "measured": stamp,
+        }
         cost[spec.variant] = row
-        print(f"[ablation] {spec.variant}: {row['params']:,} parameters, {row['gmacs']:.2f} GMACs/window, "
-              f"{row['step_s']:.2f} s/step wall, {row['cpu_step_s']:.2f} s/step CPU, {s.threads} thread(s)",
-              flush=True)
+        print(
+            f"[ablation] {spec.variant}: {row['params']:,} parameters, {row['gmacs']:.2f} GMACs/window, "
+            f"{row['step_s']:.2f} s/step wall, {row['cpu_step_s']:.2f} s/step CPU, {s.threads} thread(s)",
+            flush=True,
+        )
     save_json_atomic(cost, s.results / "cost.json")
     return cost
 
@@ -924,8 +1156,11 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished runs and the last epoch checkpoint of the current one are kept; run the same "
-              "command again to resume", file=sys.stderr)
+        print(
+            "interrupted: finished runs and the last epoch checkpoint of the current one are kept; run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

@@ -58,7 +58,9 @@ class SmallNet(nn.Sequential):
             self.to(memory_format=torch.channels_last_3d)
 
 
-def run_method(method: str, x: torch.Tensor, net: nn.Module, roi: Sequence[int], overlap: float, sw: int) -> torch.Tensor:
+def run_method(
+    method: str, x: torch.Tensor, net: nn.Module, roi: Sequence[int], overlap: float, sw: int
+) -> torch.Tensor:
     """Labels (spatial, uint8/int64) of ``x`` (1, 1, *spatial) with ``method``."""
     from monai.inferers import sliding_window_inference
 
@@ -67,8 +69,9 @@ def run_method(method: str, x: torch.Tensor, net: nn.Module, roi: Sequence[int],
     with torch.inference_mode():
         if method == "monai":
             return sliding_window_inference(x, roi, sw, net, overlap=overlap, mode="gaussian").argmax(1)[0]
-        engine = SlidingWindowEngine(roi, overlap=overlap, sw_batch_size=sw, mode="gaussian",
-                                     skip_below=0.0 if method == "stream+skip" else None)
+        engine = SlidingWindowEngine(
+            roi, overlap=overlap, sw_batch_size=sw, mode="gaussian", skip_below=0.0 if method == "stream+skip" else None
+        )
         return engine.predict_labels(x, net, streaming=method != "engine")[0, 0]
 
 
@@ -81,8 +84,11 @@ def real_ct_volumes(quick: bool, cases_per_dataset: int | None = None) -> list[t
     if root is None:
         return []
     pre = build_preprocessing("ct_abdomen", keys=("image",))
-    globs = [("STS_CT", "STS_CT/imagesTr/*.nii.gz"), ("BTCV_like", "BTCV_like/imagesTr/*.nii.gz"),
-             ("Task06_Lung_sample", "Task06_Lung_sample/imagesTr/*.nii.gz")]
+    globs = [
+        ("STS_CT", "STS_CT/imagesTr/*.nii.gz"),
+        ("BTCV_like", "BTCV_like/imagesTr/*.nii.gz"),
+        ("Task06_Lung_sample", "Task06_Lung_sample/imagesTr/*.nii.gz"),
+    ]
     out = []
     for name, pattern in globs:
         files = sorted(root.glob(pattern))
@@ -148,7 +154,7 @@ def bench_real(cases, net, roi, overlap, sw, repeats) -> list[dict]:
     agree_body = {m: [] for m in METHODS}
     voxels = 0
     for r in range(repeats):
-        for ds, case, x in cases:
+        for _ds, case, x in cases:
             ref = None
             for m in METHODS:
                 t = time.perf_counter()
@@ -167,11 +173,15 @@ def bench_real(cases, net, roi, overlap, sw, repeats) -> list[dict]:
     total_monai = sum(float(np.median(v)) for v in times["monai"].values())
     for m in METHODS:
         total = sum(float(np.median(v)) for v in times[m].values())
-        rows.append({
-            "method": m, "seconds": total, "speedup": total_monai / total,
-            "agreement": 1.0 if m == "monai" else sum(agree[m]) / voxels,
-            "agreement_body": 1.0 if m == "monai" else sum(agree_body[m]) / body_voxels,
-        })
+        rows.append(
+            {
+                "method": m,
+                "seconds": total,
+                "speedup": total_monai / total,
+                "agreement": 1.0 if m == "monai" else sum(agree[m]) / voxels,
+                "agreement_body": 1.0 if m == "monai" else sum(agree_body[m]) / body_voxels,
+            }
+        )
     return rows
 
 
@@ -182,10 +192,27 @@ def bench_large(args, tmp: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for m in args.large_methods:
         out = tmp / f"{m.replace('+', '_')}.npy"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", m, "--labels-out", str(out),
-               "--size", *map(str, args.size), "--roi", *map(str, args.roi_large), "--overlap", str(args.overlap_large),
-               "--sw-batch-size", str(args.sw_batch_size), "--features", str(args.features),
-               "--threads", str(args.threads), *([] if args.channels_last else ["--no-channels-last"])]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            m,
+            "--labels-out",
+            str(out),
+            "--size",
+            *map(str, args.size),
+            "--roi",
+            *map(str, args.roi_large),
+            "--overlap",
+            str(args.overlap_large),
+            "--sw-batch-size",
+            str(args.sw_batch_size),
+            "--features",
+            str(args.features),
+            "--threads",
+            str(args.threads),
+            *([] if args.channels_last else ["--no-channels-last"]),
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         if not args.parallel:
             proc.wait()
@@ -212,24 +239,35 @@ def bench_large(args, tmp: Path) -> list[dict]:
 def markdown(real_rows, large_rows, args, n_cases) -> str:
     lines = []
     if real_rows:
-        lines += [f"Real CT ({n_cases} cases from STS_CT, BTCV_like, Task06_Lung_sample; `ct_abdomen` preprocessing; "
-                  f"roi {tuple(args.roi)}, overlap {args.overlap}, Gaussian, sw_batch_size {args.sw_batch_size}; "
-                  f"median of {args.repeats}, summed over cases):", "",
-                  "| method | wall time (s) | speed-up vs MONAI | agreement (all voxels) | agreement (body) |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"Real CT ({n_cases} cases from STS_CT, BTCV_like, Task06_Lung_sample; `ct_abdomen` preprocessing; "
+            f"roi {tuple(args.roi)}, overlap {args.overlap}, Gaussian, sw_batch_size {args.sw_batch_size}; "
+            f"median of {args.repeats}, summed over cases):",
+            "",
+            "| method | wall time (s) | speed-up vs MONAI | agreement (all voxels) | agreement (body) |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for r in real_rows:
-            lines.append(f"| {r['method']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | {100 * r['agreement']:.4f}% | "
-                         f"{100 * r['agreement_body']:.4f}% |")
+            lines.append(
+                f"| {r['method']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | {100 * r['agreement']:.4f}% | "
+                f"{100 * r['agreement_body']:.4f}% |"
+            )
         lines.append("")
     if large_rows:
-        lines += [f"Synthetic CT-like {'x'.join(map(str, args.size))}, 14 classes (roi {tuple(args.roi_large)}, overlap "
-                  f"{args.overlap_large}, Gaussian, sw_batch_size {args.sw_batch_size}; one subprocess per method, "
-                  f"{'run concurrently' if args.parallel else 'one after another'}, single run):", "",
-                  "| method | wall time (s) | speed-up vs MONAI | peak RSS (GiB) | RSS / MONAI | agreement (all) | "
-                  "agreement (body) |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"Synthetic CT-like {'x'.join(map(str, args.size))}, 14 classes (roi {tuple(args.roi_large)}, overlap "
+            f"{args.overlap_large}, Gaussian, sw_batch_size {args.sw_batch_size}; one subprocess per method, "
+            f"{'run concurrently' if args.parallel else 'one after another'}, single run):",
+            "",
+            "| method | wall time (s) | speed-up vs MONAI | peak RSS (GiB) | RSS / MONAI | agreement (all) | "
+            "agreement (body) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in large_rows:
-            lines.append(f"| {r['method']} | {r['seconds']:.1f} | {r['speedup']:.2f}x | {r['peak_rss_gib']:.2f} | "
-                         f"{r['rss_ratio']:.2f} | {100 * r['agreement']:.4f}% | {100 * r['agreement_body']:.4f}% |")
+            lines.append(
+                f"| {r['method']} | {r['seconds']:.1f} | {r['speedup']:.2f}x | {r['peak_rss_gib']:.2f} | "
+                f"{r['rss_ratio']:.2f} | {100 * r['agreement']:.4f}% | {100 * r['agreement_body']:.4f}% |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -246,15 +284,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--features", type=int, default=4, help="hidden channels of the benchmark net")
     p.add_argument("--size", type=int, nargs=3, default=[512, 512, 300], help="synthetic volume size")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep the benchmark net in the default NCDHW layout (default: channels_last_3d weights, "
-                   "applied to the one network every method uses)")
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep the benchmark net in the default NCDHW layout (default: channels_last_3d weights, "
+        "applied to the one network every method uses)",
+    )
     p.add_argument("--cases-per-dataset", type=int, default=None, help="first N cases of each dataset (default all)")
-    p.add_argument("--large-methods", nargs="+", choices=METHODS, default=list(METHODS),
-                   help="methods run on the synthetic volume (monai first)")
-    p.add_argument("--parallel", action="store_true",
-                   help="run the synthetic-volume workers concurrently (peak RSS stays per process; wall times are "
-                   "then measured under equal contention)")
+    p.add_argument(
+        "--large-methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="methods run on the synthetic volume (monai first)",
+    )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run the synthetic-volume workers concurrently (peak RSS stays per process; wall times are "
+        "then measured under equal contention)",
+    )
     p.add_argument("--skip-real", action="store_true")
     p.add_argument("--skip-large", action="store_true")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
@@ -283,8 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = real_ct_volumes(args.quick, args.cases_per_dataset)
         n_cases = len(cases)
         if cases:
-            real_rows = bench_real(cases, SmallNet(14, args.features, channels_last=args.channels_last), args.roi, args.overlap, args.sw_batch_size,
-                                   args.repeats)
+            real_rows = bench_real(
+                cases,
+                SmallNet(14, args.features, channels_last=args.channels_last),
+                args.roi,
+                args.overlap,
+                args.sw_batch_size,
+                args.repeats,
+            )
     if not args.skip_large:
         with tempfile.TemporaryDirectory() as tmp:
             large_rows = bench_large(args, Path(tmp))
@@ -294,17 +350,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.utils.atomic import atomic_path
 
         cmd = "python benchmarks/infer_volume.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        section = "\n".join([
-            "## Sliding-window inference: MONAI vs our engine (`benchmarks/infer_volume.py`)", "",
-            f"- command: `{cmd.strip()}`",
-            f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-            f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads} "
-            "(machine shared with other jobs: compare ratios within this run only)",
-            f"- torch {torch.__version__}, monai {monai.__version__}, python {platform.python_version()}",
-            f"- network: Conv3d(1->{args.features}, 3x3x3) -> ReLU -> Conv3d({args.features}->14, 1x1x1), seed 0, "
-            f"{'channels_last_3d' if args.channels_last else 'NCDHW'} weights (the same module for every method)", "",
-            table,
-        ])
+        section = "\n".join(
+            [
+                "## Sliding-window inference: MONAI vs our engine (`benchmarks/infer_volume.py`)",
+                "",
+                f"- command: `{cmd.strip()}`",
+                f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+                f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                f"torch threads {args.threads} "
+                "(machine shared with other jobs: compare ratios within this run only)",
+                f"- torch {torch.__version__}, monai {monai.__version__}, python {platform.python_version()}",
+                f"- network: Conv3d(1->{args.features}, 3x3x3) -> ReLU -> Conv3d({args.features}->14, 1x1x1), seed 0, "
+                f"{'channels_last_3d' if args.channels_last else 'NCDHW'} weights (the same module for every method)",
+                "",
+                table,
+            ]
+        )
         with atomic_path(args.out) as tmp:
             tmp.write_text(section)
     return 0

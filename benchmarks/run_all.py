@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/run_all.py                      # all scripts, median of 3 repeats, writes benchmarks/RESULTS.md
     python benchmarks/run_all.py --only eval_speed    # one script; the other sections are re-assembled as they are
-    python benchmarks/run_all.py --quick              # smoke run into outputs/bench_quick/ (published figures untouched)
+    python benchmarks/run_all.py --quick              # smoke run into outputs/bench_quick/ (published ones untouched)
     python benchmarks/run_all.py --no-run             # only re-assemble RESULTS.md (results/ + notes/)
 
 Hand-written notes on a section go in ``benchmarks/notes/<script>.md`` (never in ``results/``, which the scripts
@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.benchmark.suite import main as _suite_main  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.benchmark.suite import main as _suite_main
+from pipeline.errors import PipelineError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

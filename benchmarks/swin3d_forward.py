@@ -29,17 +29,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.benchmark import median_time, system_stamp, write_section  # noqa: E402
-from pipeline.benchmark.sections import command_line  # noqa: E402
-from pipeline.networks import create_network  # noqa: E402
-from pipeline.networks.swin3d import SwinAttention3D  # noqa: E402
-from pipeline.networks.swin3d.presets import BTCV_ROI, SYNAPSE_ROI  # noqa: E402
+from pipeline.benchmark import median_time, system_stamp, write_section
+from pipeline.benchmark.sections import command_line
+from pipeline.networks import create_network
+from pipeline.networks.swin3d import SwinAttention3D
+from pipeline.networks.swin3d.presets import BTCV_ROI, SYNAPSE_ROI
 
 PRESETS = ("swinunet3d", "swinunet3d_lgt", "swinunet3d_ag", "swinunet3d_pamcam", "swinunet3d_transfuse")
 #: (label, grid, dim, heads, window): stage 0/1 of swinunet3d at 96^3 and 128x128x64, and a MONAI-style 7^3 window
@@ -204,7 +205,7 @@ def bench_presets(names: Sequence[str], rois: Sequence[Sequence[int]], repeats: 
             net = create_network(name, roi_size=tuple(roi)).eval()
             x = torch.randn(1, 1, *roi)
             with torch.inference_mode():
-                t = _time(lambda: net(x), repeats)
+                t = _time(partial(net, x), repeats)
             rows.append(
                 {"preset": name, "roi": tuple(roi), "params": sum(p.numel() for p in net.parameters()) / 1e6,
                  "gmacs": count_gmacs(net, x), "seconds": t}
@@ -298,11 +299,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_section(
-            args.out, "3D Swin-Unet family: speed and size (`benchmarks/swin3d_forward.py`)", text,
-            command=command_line(argv, "benchmarks/swin3d_forward.py"), stamp=system_stamp("cpu"),
+            args.out,
+            "3D Swin-Unet family: speed and size (`benchmarks/swin3d_forward.py`)",
+            text,
+            command=command_line(argv, "benchmarks/swin3d_forward.py"),
+            stamp=system_stamp("cpu"),
             script="swin3d_forward",
-            notes=[f"repeats: median of {repeats} (after one warm-up run); the machine is shared, so compare ratios "
-                   "measured in the same run"],
+            notes=[
+                f"repeats: median of {repeats} (after one warm-up run); the machine is shared, so compare ratios "
+                "measured in the same run"
+            ],
         )
     return 0
 

@@ -66,11 +66,24 @@ def measure(bundle_name: str, work: Path, limit: int | None) -> list[list[str]]:
         dsc = [per_class[c]["dice"] for c in sorted(facts["classes"])]
         hd = [per_class[c]["hd95"] for c in sorted(facts["classes"])]
         means[tta] = (sum(dsc) / len(dsc), sum(hd) / len(hd), seconds)
-        rows.append([bundle.name, "--tta" if tta else "plain", str(len(cases)),
-                     " / ".join(f"{v:.4f}" for v in dsc), f"{means[tta][0]:.4f}",
-                     " / ".join(f"{v:.2f}" for v in hd), f"{means[tta][1]:.2f}", f"{seconds:.1f}",
-                     f"{seconds / len(cases):.2f}"])
-    d_dsc, d_hd, ratio = means[True][0] - means[False][0], means[True][1] - means[False][1], means[True][2] / means[False][2]
+        rows.append(
+            [
+                bundle.name,
+                "--tta" if tta else "plain",
+                str(len(cases)),
+                " / ".join(f"{v:.4f}" for v in dsc),
+                f"{means[tta][0]:.4f}",
+                " / ".join(f"{v:.2f}" for v in hd),
+                f"{means[tta][1]:.2f}",
+                f"{seconds:.1f}",
+                f"{seconds / len(cases):.2f}",
+            ]
+        )
+    d_dsc, d_hd, ratio = (
+        means[True][0] - means[False][0],
+        means[True][1] - means[False][1],
+        means[True][2] / means[False][2],
+    )
     rows.append([bundle.name, "TTA - plain", "", "", f"{d_dsc:+.4f}", "", f"{d_hd:+.2f}", f"x{ratio:.2f}", ""])
     return rows
 
@@ -92,12 +105,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tta_effect_") as tmp:
         for name in args.bundle or DEFAULT_BUNDLES:
             rows += measure(name, Path(tmp), 2 if args.quick else None)
-    table = markdown_table(["bundle", "inference", "cases", "DSC per class", "mean DSC", "HD95 per class (mm)",
-                            "mean HD95 (mm)", "time (s)", "s / case"], rows)
+    table = markdown_table(
+        [
+            "bundle",
+            "inference",
+            "cases",
+            "DSC per class",
+            "mean DSC",
+            "HD95 per class (mm)",
+            "mean HD95 (mm)",
+            "time (s)",
+            "s / case",
+        ],
+        rows,
+    )
     print(table)
-    write_section(args.out, "Mirroring TTA on the validation splits", table, command=command_line(argv, __file__),
-                  notes=[f"torch threads: {args.threads}; protocol strict on each label's grid; the same weights and "
-                         "windows in both rows; --tta averages the softmax probabilities of 8 mirror flips"])
+    write_section(
+        args.out,
+        "Mirroring TTA on the validation splits",
+        table,
+        command=command_line(argv, __file__),
+        notes=[
+            f"torch threads: {args.threads}; protocol strict on each label's grid; the same weights and "
+            "windows in both rows; --tta averages the softmax probabilities of 8 mirror flips"
+        ],
+    )
     return 0
 
 

@@ -30,29 +30,44 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.networks import create_network, get_preset  # noqa: E402
-from pipeline.networks.unetrpp import UNETRPP  # noqa: E402
-from pipeline.utils.atomic import atomic_path  # noqa: E402
+from pipeline.networks import create_network, get_preset
+from pipeline.networks.unetrpp import UNETRPP
+from pipeline.utils.atomic import atomic_path
 
 PRESETS = ("unetrpp_synapse", "unetrpp_acdc", "unetrpp_lung", "unetrpp_tumor")
 #: fvcore GMACs of the official networks, measured upstream (docs/unetr_pp.md section 1)
-OFFICIAL_FVCORE_GMACS = {"unetrpp_synapse": 47.89, "unetrpp_acdc": 43.63, "unetrpp_lung": 125.62,
-                         "unetrpp_tumor": 73.55}
+OFFICIAL_FVCORE_GMACS = {
+    "unetrpp_synapse": 47.89,
+    "unetrpp_acdc": 43.63,
+    "unetrpp_lung": 125.62,
+    "unetrpp_tumor": 73.55,
+}
 #: quick smoke configurations: the three EPA variants on a small network and patch
 QUICK = {
     "small_shared_concat": dict(ef_mode="shared", fusion="concat", n_conv_blocks=1),
     "small_separate_conv52": dict(ef_mode="separate", fusion="concat", n_conv_blocks=2),
     "small_param_sum": dict(ef_mode="param", fusion="sum", n_conv_blocks=1),
 }
-QUICK_BASE = dict(in_channels=1, out_channels=3, img_size=(16, 32, 32), feature_size=8, dims=(16, 16, 32, 32),
-                  depths=(1, 1, 1, 1), num_heads=2, proj_size=(8, 8, 8, 8), decoder_proj_size=8, decoder_depth=1,
-                  stem_stride=(2, 2, 2))
+QUICK_BASE = dict(
+    in_channels=1,
+    out_channels=3,
+    img_size=(16, 32, 32),
+    feature_size=8,
+    dims=(16, 16, 32, 32),
+    depths=(1, 1, 1, 1),
+    num_heads=2,
+    proj_size=(8, 8, 8, 8),
+    decoder_proj_size=8,
+    decoder_depth=1,
+    stem_stride=(2, 2, 2),
+)
 
 
 def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
@@ -91,13 +106,19 @@ def time_paths(net: torch.nn.Module, x: torch.Tensor, repeats: int, device: str)
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def bench(nets: dict[str, tuple[torch.nn.Module, torch.Tensor]], threads: Sequence[int], repeats: int,
-          cuda: bool) -> list[dict]:
+def bench(
+    nets: dict[str, tuple[torch.nn.Module, torch.Tensor]], threads: Sequence[int], repeats: int, cuda: bool
+) -> list[dict]:
     rows = []
     for name, (net, x) in nets.items():
         net.eval()
-        row = {"name": name, "input": tuple(x.shape), "params": sum(p.numel() for p in net.parameters()),
-               "flops": count_flops(net, x), "times": {}}
+        row = {
+            "name": name,
+            "input": tuple(x.shape),
+            "params": sum(p.numel() for p in net.parameters()),
+            "flops": count_flops(net, x),
+            "times": {},
+        }
         for t in threads:
             torch.set_num_threads(t)
             row["times"][f"cpu {t}T"] = time_paths(net, x, repeats, "cpu")
@@ -117,16 +138,27 @@ def agnostic_rows(threads: int, repeats: int) -> list[dict]:
     fixed = UNETRPP(**kwargs).eval()
     pool = UNETRPP(**{**kwargs, "ef_mode": "pool"}).eval()
     rows = []
-    for label, net, patch in (("fixed (official)", fixed, (64, 128, 128)), ("agnostic pool", pool, (64, 128, 128)),
-                              ("agnostic pool", pool, (32, 128, 128)), ("agnostic pool", pool, (64, 160, 160))):
+    for label, net, patch in (
+        ("fixed (official)", fixed, (64, 128, 128)),
+        ("agnostic pool", pool, (64, 128, 128)),
+        ("agnostic pool", pool, (32, 128, 128)),
+        ("agnostic pool", pool, (64, 160, 160)),
+    ):
         x = torch.randn(1, 1, *patch)
         flops = count_flops(net, x)
         net.set_fast(True)
         with torch.inference_mode():
             net(x)
-            t = _median_time(lambda: net(x), repeats, lambda: None)
-        rows.append({"name": label, "patch": patch, "params": sum(p.numel() for p in net.parameters()),
-                     "flops": flops, "seconds": t})
+            t = _median_time(partial(net, x), repeats, lambda: None)
+        rows.append(
+            {
+                "name": label,
+                "patch": patch,
+                "params": sum(p.numel() for p in net.parameters()),
+                "flops": flops,
+                "seconds": t,
+            }
+        )
     return rows
 
 
@@ -140,22 +172,28 @@ def render(rows: list[dict], agn: list[dict], quick: bool) -> str:
     lines = [head, sep]
     for r in rows:
         fv = OFFICIAL_FVCORE_GMACS.get(r["name"])
-        line = (f"| `{r['name']}` | {'x'.join(map(str, r['input']))} | {r['params']:,} | {r['flops'] / 2e9:.2f} | "
-                f"{fv if fv is not None else '-'} |")
+        line = (
+            f"| `{r['name']}` | {'x'.join(map(str, r['input']))} | {r['params']:,} | {r['flops'] / 2e9:.2f} | "
+            f"{fv if fv is not None else '-'} |"
+        )
         for c in cols:
             t = r["times"][c]
             line += f" {t['reference']:.2f} | {t['ours']:.2f} | {t['ours'] / t['reference']:.2f} |"
         lines.append(line)
     text = "\n".join(lines) + "\n"
     if quick:
-        text = ("QUICK smoke run: reduced configurations on a 16x32x32 patch, one repeat; not the presets.\n\n" + text)
+        text = "QUICK smoke run: reduced configurations on a 16x32x32 patch, one repeat; not the presets.\n\n" + text
     if agn:
-        text += ("\nResolution-agnostic mode (`ef_mode=\"pool\"`, Synapse configuration, fast path, "
-                 f"{agn[0].get('threads', 1)} thread(s)):\n\n| network | patch (z,y,x) | params | GMAC | time (s) |\n"
-                 "|---|---|---:|---:|---:|\n")
+        text += (
+            '\nResolution-agnostic mode (`ef_mode="pool"`, Synapse configuration, fast path, '
+            f"{agn[0].get('threads', 1)} thread(s)):\n\n| network | patch (z,y,x) | params | GMAC | time (s) |\n"
+            "|---|---|---:|---:|---:|\n"
+        )
         for r in agn:
-            text += (f"| {r['name']} | {'x'.join(map(str, r['patch']))} | {r['params']:,} | {r['flops'] / 2e9:.2f} | "
-                     f"{r['seconds']:.2f} |\n")
+            text += (
+                f"| {r['name']} | {'x'.join(map(str, r['patch']))} | {r['params']:,} | {r['flops'] / 2e9:.2f} | "
+                f"{r['seconds']:.2f} |\n"
+            )
     if not quick:
         text += NOTES
     return text

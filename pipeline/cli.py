@@ -87,8 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         if _is_oom(exc):
-            print(f"error: out of memory ({exc}); use --streaming, a smaller --sw-batch-size, or --device cpu",
-                  file=sys.stderr)
+            print(
+                f"error: out of memory ({exc}); use --streaming, a smaller --sw-batch-size, or --device cpu",
+                file=sys.stderr,
+            )
             return EXIT_RESOURCE
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {type(exc).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,8 +43,14 @@ DEMO_BUNDLE = BUNDLES_DIR / "unetrpp_hippocampus_mri_segmentation"
 CT_BUNDLE = BUNDLES_DIR / "unetrpp_sts_ct_segmentation"
 #: soft-tissue display window for CT overlays (W400/L40, HU)
 CT_WINDOW = (-160.0, 240.0)
-_COLOURS = [(1.0, 0.2, 0.2, 0.55), (0.2, 0.6, 1.0, 0.55), (0.2, 0.9, 0.3, 0.55), (1.0, 0.8, 0.1, 0.55),
-            (0.8, 0.3, 1.0, 0.55), (0.1, 0.9, 0.9, 0.55)]
+_COLOURS = [
+    (1.0, 0.2, 0.2, 0.55),
+    (0.2, 0.6, 1.0, 0.55),
+    (0.2, 0.9, 0.3, 0.55),
+    (1.0, 0.8, 0.1, 0.55),
+    (0.8, 0.3, 1.0, 0.55),
+    (0.1, 0.9, 0.9, 0.55),
+]
 
 
 def resolve_bundle(bundle: str | os.PathLike) -> Path:
@@ -76,9 +82,10 @@ def _bundle_facts(bundle: Path) -> dict[str, Any]:
         preset = parser.get("preprocessing_preset")
         meta = json.loads((bundle / "configs" / "metadata.json").read_text())
         channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    except Exception as exc:  # noqa: BLE001 - any config problem is one line naming the bundle
-        raise ModelError(f"cannot read the bundle's dataset_dir/metadata: {type(exc).__name__}: {exc}",
-                         path=bundle) from exc
+    except Exception as exc:  # any config problem is one line naming the bundle
+        raise ModelError(
+            f"cannot read the bundle's dataset_dir/metadata: {type(exc).__name__}: {exc}", path=bundle
+        ) from exc
     classes = {int(k): str(v) for k, v in channels.items() if int(k) != 0}
     modality = get_preset(preset).get("modality") if isinstance(preset, str) else None
     return {"dataset": dataset, "classes": classes, "modality": modality}
@@ -102,9 +109,16 @@ def ensure_task04(root: str | os.PathLike | None = None, *, download: bool = Tru
     try:
         from monai.apps import DecathlonDataset
 
-        DecathlonDataset(root_dir=str(base), task=TASK, section="validation", download=True, cache_rate=0.0,
-                         num_workers=0, transform=None)
-    except Exception as exc:  # noqa: BLE001 - network/disk problems become one line
+        DecathlonDataset(
+            root_dir=str(base),
+            task=TASK,
+            section="validation",
+            download=True,
+            cache_rate=0.0,
+            num_workers=0,
+            transform=(),
+        )
+    except Exception as exc:  # network/disk problems become one line
         raise InputDataError(f"could not download {TASK}: {type(exc).__name__}: {exc}", path=base) from exc
     if not (folder / "dataset.json").is_file():
         raise InputDataError(f"download finished but {folder / 'dataset.json'} is missing", path=folder)
@@ -124,8 +138,10 @@ def _find_dataset(name: str, root: str | os.PathLike | None, download: bool) -> 
     base = Path(root) if root is not None else find_data_root()
     folder = base / name if base is not None else None
     if folder is None or not folder.is_dir():
-        raise InputDataError(f"{name} not found (set MEDSEG_DATA or pass --data ROOT holding {name}/)",
-                             path=folder if folder is not None else name)
+        raise InputDataError(
+            f"{name} not found (set MEDSEG_DATA or pass --data ROOT holding {name}/)",
+            path=folder if folder is not None else name,
+        )
     return folder
 
 
@@ -151,11 +167,12 @@ def _infer(bundle: Path, items: list[dict], pred_dir: Path, device: str | None) 
     overrides: dict[str, Any] = {"datalist": [{"image": d["image"]} for d in items], "output_dir": str(pred_dir)}
     if device:
         overrides["device"] = f"$torch.device({device!r})"
-    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"), workflow_type="infer",
-                              logging_file=False, **overrides)
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "inference.json"), workflow_type="infer", logging_file=False, **overrides
+    )
     try:
         workflow.initialize()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelError(f"cannot initialise the bundle: {type(exc).__name__}: {exc}", path=bundle) from exc
     missing = workflow.check_properties()
     if missing:
@@ -171,7 +188,8 @@ def _score(items: list[dict], pred_dir: Path, classes: dict[int, str]) -> list[d
 
     rows = []
     for d in items:
-        pred_img, lab_img = nib.load(str(pred_dir / f"{d['case']}.nii.gz")), nib.load(d["label"])
+        pred_img = cast(nib.Nifti1Image, nib.load(str(pred_dir / f"{d['case']}.nii.gz")))
+        lab_img = cast(nib.Nifti1Image, nib.load(d["label"]))
         pred = np.asarray(pred_img.dataobj).astype(np.uint8)
         lab = np.asarray(lab_img.dataobj).astype(np.uint8)
         spacing = tuple(float(s) for s in lab_img.header.get_zooms()[:3])
@@ -191,11 +209,14 @@ def _mean(values: list[Any]) -> float:
 def _table(rows: list[dict], classes: dict[int, str]) -> str:
     names = list(classes.values())
     cols = [f"dice_{n}" for n in names] + [f"hd95_{n}" for n in names]
-    lines = ["| case | " + " | ".join([f"DSC {n}" for n in names] + [f"HD95 {n} (mm)" for n in names]) + " |",
-             "|---" * (len(cols) + 1) + "|"]
+    lines = [
+        "| case | " + " | ".join([f"DSC {n}" for n in names] + [f"HD95 {n} (mm)" for n in names]) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for r in rows:
-        lines.append("| " + " | ".join([r["case"]] + [f"{float(r[c]):.3f}" if r[c] is not None else "-" for c in cols])
-                     + " |")
+        lines.append(
+            "| " + " | ".join([r["case"]] + [f"{float(r[c]):.3f}" if r[c] is not None else "-" for c in cols]) + " |"
+        )
     means = [_mean([r[c] for r in rows]) for c in cols]
     lines.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " |")
     return "\n".join(lines)
@@ -208,9 +229,9 @@ def _overlay(item: dict, pred_path: Path, out: Path, classes: dict[int, str], mo
     import matplotlib.pyplot as plt
     import nibabel as nib
 
-    image = np.asarray(nib.load(item["image"]).dataobj, dtype=np.float32)
-    label = np.asarray(nib.load(item["label"]).dataobj).astype(np.uint8)
-    pred = np.asarray(nib.load(str(pred_path)).dataobj).astype(np.uint8)
+    image = np.asarray(cast(nib.Nifti1Image, nib.load(item["image"])).dataobj, dtype=np.float32)
+    label = np.asarray(cast(nib.Nifti1Image, nib.load(item["label"])).dataobj).astype(np.uint8)
+    pred = np.asarray(cast(nib.Nifti1Image, nib.load(str(pred_path))).dataobj).astype(np.uint8)
     fg = np.argwhere(label > 0)
     zs = np.percentile(fg[:, 2], [25, 50, 75]).astype(int) if len(fg) else [image.shape[2] // 2] * 3
     lo, hi = CT_WINDOW if modality == "CT" else np.percentile(image, [0.5, 99.5])
@@ -235,9 +256,17 @@ def _overlay(item: dict, pred_path: Path, out: Path, classes: dict[int, str], mo
     plt.close(fig)
 
 
-def run_demo(out_dir: str | os.PathLike = PROJECT_ROOT / "outputs" / "demo", *, data_root: str | None = None,
-             download: bool = True, limit: int | None = None, overlays: int = 4, overwrite: bool = False,
-             device: str | None = None, bundle: str | os.PathLike = DEMO_BUNDLE) -> dict:
+def run_demo(
+    out_dir: str | os.PathLike = PROJECT_ROOT / "outputs" / "demo",
+    *,
+    data_root: str | None = None,
+    download: bool = True,
+    limit: int | None = None,
+    overlays: int = 4,
+    overwrite: bool = False,
+    device: str | None = None,
+    bundle: str | os.PathLike = DEMO_BUNDLE,
+) -> dict:
     """Run the demo of ``bundle`` (default: hippocampus); return the summary dict (also in ``<out_dir>/summary.json``).
 
     Raises:
@@ -250,8 +279,11 @@ def run_demo(out_dir: str | os.PathLike = PROJECT_ROOT / "outputs" / "demo", *, 
     classes = facts["classes"]
     weights = bundle / "models" / "model.pt"
     if not weights.is_file():
-        raise ModelError("the bundle ships no trained weights (models/model.pt): a demo of an untrained network "
-                         "would show random labels; train it first (medseg train --bundle ...)", path=bundle)
+        raise ModelError(
+            "the bundle ships no trained weights (models/model.pt): a demo of an untrained network "
+            "would show random labels; train it first (medseg train --bundle ...)",
+            path=bundle,
+        )
     dataset = _find_dataset(facts["dataset"], data_root, download)
     items = _validation_cases(bundle, dataset, limit)
     out = Path(out_dir)
@@ -260,8 +292,11 @@ def run_demo(out_dir: str | os.PathLike = PROJECT_ROOT / "outputs" / "demo", *, 
     if stamp_file.is_file() and stamp_file.read_text().strip() != stamp:
         overwrite = True  # the weights changed since these predictions were made
     todo = [d for d in items if overwrite or not (pred_dir / f"{d['case']}.nii.gz").is_file()]
-    print(f"data: {dataset}\nbundle: {bundle}\nsliding-window inference on {len(todo)} of {len(items)} "
-          f"validation cases ({len(items) - len(todo)} already done) ...", flush=True)
+    print(
+        f"data: {dataset}\nbundle: {bundle}\nsliding-window inference on {len(todo)} of {len(items)} "
+        f"validation cases ({len(items) - len(todo)} already done) ...",
+        flush=True,
+    )
     if todo:
         _infer(bundle, todo, pred_dir, device)
         with atomic_path(stamp_file) as tmp:
@@ -271,15 +306,18 @@ def run_demo(out_dir: str | os.PathLike = PROJECT_ROOT / "outputs" / "demo", *, 
     print(table)
     n_overlay = 0
     for d in items[: max(overlays, 0)]:
-        _overlay(d, pred_dir / f"{d['case']}.nii.gz", out / "overlays" / f"{d['case']}.png", classes,
-                 facts["modality"])
+        _overlay(d, pred_dir / f"{d['case']}.nii.gz", out / "overlays" / f"{d['case']}.png", classes, facts["modality"])
         n_overlay += 1
-    summary = {
-        "bundle": str(bundle), "weights": str(weights), "dataset": str(dataset),
-        "cases": len(rows), "protocol": "strict (DSC; HD95 in mm from header spacing)",
+    summary: dict[str, Any] = {
+        "bundle": str(bundle),
+        "weights": str(weights),
+        "dataset": str(dataset),
+        "cases": len(rows),
+        "protocol": "strict (DSC; HD95 in mm from header spacing)",
         "mean_dice": {n: _mean([r[f"dice_{n}"] for r in rows]) for n in classes.values()},
         "mean_hd95_mm": {n: _mean([r[f"hd95_{n}"] for r in rows]) for n in classes.values()},
-        "per_case": rows, "seconds": round(time.time() - t0, 1),
+        "per_case": rows,
+        "seconds": round(time.time() - t0, 1),
     }
     summary["mean_dice"]["mean"] = _mean(list(summary["mean_dice"].values()))
     summary["mean_hd95_mm"]["mean"] = _mean(list(summary["mean_hd95_mm"].values()))
@@ -287,10 +325,13 @@ def run_demo(out_dir: str | os.PathLike = PROJECT_ROOT / "outputs" / "demo", *, 
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(f"# Demo: {bundle.name} ({len(rows)} validation cases, protocol strict)\n\n{table}\n")
     per_class = ", ".join(f"{n} {summary['mean_dice'][n]:.3f}" for n in classes.values())
-    print(f"mean DSC {summary['mean_dice']['mean']:.3f} ({per_class}); "
-          f"mean HD95 {summary['mean_hd95_mm']['mean']:.2f} mm")
-    print(f"wrote {pred_dir}/ ({len(rows)} predictions), {n_overlay} overlays in {out / 'overlays'}/, "
-          f"{out / 'summary.md'} in {summary['seconds']:.0f} s")
+    print(
+        f"mean DSC {summary['mean_dice']['mean']:.3f} ({per_class}); mean HD95 {summary['mean_hd95_mm']['mean']:.2f} mm"
+    )
+    print(
+        f"wrote {pred_dir}/ ({len(rows)} predictions), {n_overlay} overlays in {out / 'overlays'}/, "
+        f"{out / 'summary.md'} in {summary['seconds']:.0f} s"
+    )
     return summary
 
 
@@ -301,17 +342,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--ct and --bundle both given: --ct is --bundle unetrpp_sts_ct_segmentation")
     bundle = CT_BUNDLE if args.ct else resolve_bundle(args.bundle) if args.bundle else DEMO_BUNDLE
     out = args.out or str(PROJECT_ROOT / "outputs" / ("demo" if bundle == DEMO_BUNDLE else f"demo_{bundle.name}"))
-    run_demo(out, data_root=args.data, download=not args.no_download, limit=args.limit,
-             overlays=args.overlays, overwrite=args.overwrite, device=args.device, bundle=bundle)
+    run_demo(
+        out,
+        data_root=args.data,
+        download=not args.no_download,
+        limit=args.limit,
+        overlays=args.overlays,
+        overwrite=args.overwrite,
+        device=args.device,
+        bundle=bundle,
+    )
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="run a trained bundle on its validation cases (DSC/HD95 table, PNG overlays)",
+        "demo",
+        help="run a trained bundle on its validation cases (DSC/HD95 table, PNG overlays)",
         description="Run a trained bundle's sliding-window inference on its fixed validation cases, score DSC/HD95 "
         "(strict protocol) and write predictions and PNG overlays. Default: the hippocampus MRI bundle (MSD "
-        "Task04_Hippocampus, downloaded when missing); --ct: the soft-tissue-sarcoma CT bundle on STS_CT.")
+        "Task04_Hippocampus, downloaded when missing); --ct: the soft-tissue-sarcoma CT bundle on STS_CT.",
+    )
     p.add_argument("--ct", action="store_true", help="the CT demo: bundles/unetrpp_sts_ct_segmentation on STS_CT")
     p.add_argument("--bundle", help="any bundle folder or name under bundles/ (with configs/datalist.json)")
     p.add_argument("--out", help="output folder (default outputs/demo, or outputs/demo_<bundle> for other bundles)")

@@ -52,9 +52,14 @@ def write_msd_dataset(root: Path, n: int = 3, labels: dict | None = None) -> Pat
         image, label = ct_case(i)
         write_nifti(root / "imagesTr" / f"c{i}.nii.gz", image)
         write_nifti(root / "labelsTr" / f"c{i}.nii.gz", label)
-    meta = {"name": "synthetic", "modality": {"0": "CT"}, "labels": labels or {"0": "background", "1": "a", "2": "b"},
-            "numTraining": n, "training": [{"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"}
-                                           for i in range(n)], "test": []}
+    meta = {
+        "name": "synthetic",
+        "modality": {"0": "CT"},
+        "labels": labels or {"0": "background", "1": "a", "2": "b"},
+        "numTraining": n,
+        "training": [{"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"} for i in range(n)],
+        "test": [],
+    }
     (root / "dataset.json").write_text(json.dumps(meta, indent=1))
     return root
 
@@ -69,9 +74,11 @@ def make_bundle(root: Path, *, roi: Sequence[int] = (16, 16, 16), seed: int = 0,
 # --- broken files -----------------------------------------------------------------------------------------------------
 def truncate(src: Path) -> Callable[[Path], None]:
     """Writer: the first half of ``src``'s bytes (a .nii.gz cut off mid-stream)."""
+
     def write(path: Path) -> None:
         data = src.read_bytes()
         path.write_bytes(data[: len(data) // 2])
+
     return write
 
 
@@ -108,13 +115,15 @@ def device_link(path: Path) -> None:
     os.symlink("/dev/null", path)
 
 
-def raw_nifti(array: np.ndarray, edit: Callable[[nib.Nifti1Header], None] = lambda h: None,
-              affine: np.ndarray = AFFINE) -> Callable[[Path], None]:
+def raw_nifti(
+    array: np.ndarray, edit: Callable[[nib.Nifti1Header], None] = lambda h: None, affine: np.ndarray = AFFINE
+) -> Callable[[Path], None]:
     """Writer: a NIfTI-1 file whose header bytes are written exactly as ``edit`` leaves them.
 
     nibabel "fixes" some header fields on save (zero voxel sizes become 1), so broken headers are built by hand:
     the header block, a 4-byte empty extension flag, then the voxels in Fortran order (gzip for ``.nii.gz``).
     """
+
     def write(path: Path) -> None:
         arr = np.asarray(array)
         hdr = nib.Nifti1Header()
@@ -128,15 +137,18 @@ def raw_nifti(array: np.ndarray, edit: Callable[[nib.Nifti1Header], None] = lamb
         data = hdr.binaryblock + b"\0" * 4 + arr.tobytes(order="F")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
     return write
 
 
 def no_affine(pixdim: Sequence[float]) -> Callable[[nib.Nifti1Header], None]:
     """Header edit: qform_code = sform_code = 0 and the given ``pixdim`` voxel size (0 or NaN: unknown spacing)."""
+
     def edit(hdr: nib.Nifti1Header) -> None:
         hdr.set_qform(None, code=0)
         hdr.set_sform(None, code=0)
         hdr["pixdim"][1:4] = pixdim
+
     return edit
 
 
@@ -147,11 +159,15 @@ def nan_sform(hdr: nib.Nifti1Header) -> None:
 
 def mha_bytes(extra_header: str, shape: Sequence[int] = (6, 5, 4)) -> Callable[[Path], None]:
     """Writer: an uncompressed MetaImage (.mha) of zeros whose header gets ``extra_header`` lines."""
+
     def write(path: Path) -> None:
-        head = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-                f"DimSize = {' '.join(map(str, shape))}\nElementType = MET_SHORT\n{extra_header}"
-                "ElementDataFile = LOCAL\n")
+        head = (
+            "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+            f"DimSize = {' '.join(map(str, shape))}\nElementType = MET_SHORT\n{extra_header}"
+            "ElementDataFile = LOCAL\n"
+        )
         path.write_bytes(head.encode() + np.zeros(tuple(shape)[::-1], np.int16).tobytes())
+
     return write
 
 

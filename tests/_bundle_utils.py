@@ -43,9 +43,14 @@ class SmokeSpec:
         return {"roi_size": list(self.roi), **self.net}
 
 
-_SMALL_UNETRPP = {"network_def#dims": [16, 32, 64, 128], "network_def#feature_size": 8,
-                  "network_def#depths": [1, 1, 1, 1], "network_def#decoder_depth": 1,
-                  "network_def#proj_size": [16, 16, 16, 8], "network_def#decoder_proj_size": 16}
+_SMALL_UNETRPP = {
+    "network_def#dims": [16, 32, 64, 128],
+    "network_def#feature_size": 8,
+    "network_def#depths": [1, 1, 1, 1],
+    "network_def#decoder_depth": 1,
+    "network_def#proj_size": [16, 16, 16, 8],
+    "network_def#decoder_proj_size": 16,
+}
 _SMALL_SWIN = {"network_def#embed_dim": 12, "network_def#num_heads": [1, 2, 4, 8], "network_def#depths": [1, 1, 1, 1]}
 
 #: eval-only checks may use a 1-voxel stage-4 grid; training runs keep it >= 2 voxels (BatchNorm in training mode)
@@ -60,8 +65,9 @@ SMOKE: dict[str, SmokeSpec] = {
     # the hippocampus network is small: it runs at its real patch, checked against the real metadata
     "unetrpp_hippocampus_mri_segmentation": SmokeSpec((32, 48, 32), (34, 50, 33), (1.0, 1.0, 1.0), 3, mri=True),
     "unetrpp_sts_ct_segmentation": SmokeSpec((32, 32, 16), (36, 34, 18), (1.0, 1.0, 3.0), 2, net=_SMALL_UNETRPP),
-    "swinunet3d_hippocampus_mri_segmentation": SmokeSpec((32, 48, 32), (34, 50, 33), (1.0, 1.0, 1.0), 3, mri=True,
-                                                         net=_SMALL_SWIN),
+    "swinunet3d_hippocampus_mri_segmentation": SmokeSpec(
+        (32, 48, 32), (34, 50, 33), (1.0, 1.0, 1.0), 3, mri=True, net=_SMALL_SWIN
+    ),
 }
 
 
@@ -79,7 +85,7 @@ def write_cases(folder: Path, spec: SmokeSpec, n: int, seed: int = 0) -> list[di
         label = np.zeros(spec.shape, np.uint8)
         for k in range(1, spec.num_classes):
             lo = [int(rng.integers(0, max(1, s - 5))) for s in spec.shape]
-            label[lo[0]:lo[0] + 5, lo[1]:lo[1] + 5, lo[2]:lo[2] + 4] = k
+            label[lo[0] : lo[0] + 5, lo[1] : lo[1] + 5, lo[2] : lo[2] + 4] = k
         if spec.mri:
             image = rng.normal(300.0, 30.0, spec.shape) + 150.0 * label
         else:

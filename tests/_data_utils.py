@@ -69,12 +69,26 @@ def build_corrupted_msd(shared_data: Path, root: Path) -> dict[str, str]:
     write_nifti(root / "labelsTr" / "multi_001.nii.gz", lab, shifted)
     for case in good + ["trunc_001", "shape_001", "value_001", "nolabel_001", "multi_001"]:
         entries.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
-    write_json(root / "dataset.json", {
-        "name": "Broken", "relase": "1.0", "tensorImageSize": "3D", "modality": {"0": "MRI"},
-        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"}, "numTraining": len(entries),
-        "training": entries, "test": []})
-    return {"trunc_001": "unreadable", "shape_001": "shape", "value_001": "[7]", "nolabel_001": "missing",
-            "multi_001": "NaN"}
+    write_json(
+        root / "dataset.json",
+        {
+            "name": "Broken",
+            "relase": "1.0",
+            "tensorImageSize": "3D",
+            "modality": {"0": "MRI"},
+            "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+            "numTraining": len(entries),
+            "training": entries,
+            "test": [],
+        },
+    )
+    return {
+        "trunc_001": "unreadable",
+        "shape_001": "shape",
+        "value_001": "[7]",
+        "nolabel_001": "missing",
+        "multi_001": "NaN",
+    }
 
 
 def build_transunet(shared_data: Path, root: Path, *, n_slices: int = 3) -> Path:
@@ -96,8 +110,11 @@ def build_transunet(shared_data: Path, root: Path, *, n_slices: int = 3) -> Path
     (root / "train_npz").mkdir(parents=True, exist_ok=True)
     z0 = img_zyx.shape[0] // 2
     for k in range(n_slices):
-        np.savez(root / "train_npz" / f"case0001_slice{z0 + k:03d}.npz", image=img_zyx[z0 + k],
-                 label=tu_zyx[z0 + k].astype(np.float32))
+        np.savez(
+            root / "train_npz" / f"case0001_slice{z0 + k:03d}.npz",
+            image=img_zyx[z0 + k],
+            label=tu_zyx[z0 + k].astype(np.float32),
+        )
     return root
 
 
@@ -106,8 +123,30 @@ def build_nnunet_v2(shared_data: Path, root: Path) -> Path:
     for i, n in ((1, "0001"), (2, "0002")):
         link(shared_data / f"BTCV_like/imagesTr/img{n}.nii.gz", root / "imagesTr" / f"btcv_{i:03d}_0000.nii.gz")
         link(shared_data / f"BTCV_like/labelsTr/label{n}.nii.gz", root / "labelsTr" / f"btcv_{i:03d}.nii.gz")
-    labels = {"background": 0, "spleen": 1, "right_kidney": 2, "left_kidney": 3, "gallbladder": 4, "esophagus": 5,
-              "liver": 6, "stomach": 7, "aorta": 8, "ivc": 9, "veins": 10, "pancreas": 11, "rad": 12, "lad": 13}
-    write_json(root / "dataset.json", {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 2,
-                                       "file_ending": ".nii.gz", "name": "Dataset901_BTCVlike"})
+    labels = {
+        "background": 0,
+        "spleen": 1,
+        "right_kidney": 2,
+        "left_kidney": 3,
+        "gallbladder": 4,
+        "esophagus": 5,
+        "liver": 6,
+        "stomach": 7,
+        "aorta": 8,
+        "ivc": 9,
+        "veins": 10,
+        "pancreas": 11,
+        "rad": 12,
+        "lad": 13,
+    }
+    write_json(
+        root / "dataset.json",
+        {
+            "channel_names": {"0": "CT"},
+            "labels": labels,
+            "numTraining": 2,
+            "file_ending": ".nii.gz",
+            "name": "Dataset901_BTCVlike",
+        },
+    )
     return root

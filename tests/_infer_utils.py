@@ -19,8 +19,17 @@ NETWORK_DEF = {
 }
 
 
-def make_tiny_bundle(root: Path, *, preset: str = "ct_abdomen", roi=(32, 32, 32), seed: int = 0,
-                     modality: str = "CT", sw_batch_size: int = 2, overlap: float = 0.5, drop=()) -> Path:
+def make_tiny_bundle(
+    root: Path,
+    *,
+    preset: str = "ct_abdomen",
+    roi=(32, 32, 32),
+    seed: int = 0,
+    modality: str = "CT",
+    sw_batch_size: int = 2,
+    overlap: float = 0.5,
+    drop=(),
+) -> Path:
     """Write ``root`` as a minimal bundle (inference.json, metadata.json, models/model.pt) and return it.
 
     ``drop`` removes top-level ids from inference.json (a bundle config missing a key).
@@ -36,8 +45,13 @@ def make_tiny_bundle(root: Path, *, preset: str = "ct_abdomen", roi=(32, 32, 32)
         "network_def": NETWORK_DEF,
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "pipeline.transforms.build_preprocessing", "preset": preset, "keys": ["image"]},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(roi), "sw_batch_size": sw_batch_size,
-                    "overlap": overlap, "mode": "gaussian"},
+        "inferer": {
+            "_target_": "SlidingWindowInferer",
+            "roi_size": list(roi),
+            "sw_batch_size": sw_batch_size,
+            "overlap": overlap,
+            "mode": "gaussian",
+        },
     }
     for key in drop:
         cfg.pop(key)
@@ -45,8 +59,9 @@ def make_tiny_bundle(root: Path, *, preset: str = "ct_abdomen", roi=(32, 32, 32)
         "version": "0.0.1",
         "network_data_format": {
             "inputs": {"image": {"type": "image", "modality": modality, "num_channels": 1, "spatial_shape": list(roi)}},
-            "outputs": {"pred": {"type": "image", "num_channels": 3,
-                                 "channel_def": {"0": "background", "1": "a", "2": "b"}}},
+            "outputs": {
+                "pred": {"type": "image", "num_channels": 3, "channel_def": {"0": "background", "1": "a", "2": "b"}}
+            },
         },
     }
     (root / "configs" / "inference.json").write_text(json.dumps(cfg, indent=1))

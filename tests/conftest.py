@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.paths import PROJECT_ROOT
 
-# one torch thread per xdist worker: two workers share the two cores
-torch.set_num_threads(int(os.environ.get("MEDSEG_TEST_THREADS", "1")))
+# torch runs with one thread per xdist worker: see ../conftest.py (it also covers the doctests of pipeline/)
 
 SHARED = PROJECT_ROOT.parent / "shared"
 SHARED_DATA = SHARED / "data"

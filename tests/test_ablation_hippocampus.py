@@ -123,8 +123,14 @@ def test_plan_and_verdicts():
     def st(variant, seed, dice):
         return {"variant": variant, "seed": seed, "eval": {"mean_dice": dice}}
 
-    states = [st("swinunet3d", 0, 0.860), st("swinunet3d", 1, 0.850), st("swinunet3d_ag", 0, 0.880),
-              st("swinunet3d_lgt", 0, 0.865), st("swinunet3d_pamcam", 0, 0.835), st("unetrpp", 0, 0.885)]
+    states = [
+        st("swinunet3d", 0, 0.860),
+        st("swinunet3d", 1, 0.850),
+        st("swinunet3d_ag", 0, 0.880),
+        st("swinunet3d_lgt", 0, 0.865),
+        st("swinunet3d_pamcam", 0, 0.835),
+        st("unetrpp", 0, 0.885),
+    ]
     lines = abl.verdicts(states, 0)
     assert "a module counts as helping or hurting only beyond 0.0100" in lines[0]
     by = {line.split(":")[0]: line for line in lines[1:]}
@@ -140,13 +146,15 @@ def test_plan_and_verdicts():
 
 def test_step_budget_must_be_whole_epochs(tmp_path, shared_data):
     abl = _script()
-    args = abl.build_parser().parse_args(["--steps", "100", "--results-dir", str(tmp_path),
-                                          "--data", str(shared_data / "Task04_Hippocampus")])
+    args = abl.build_parser().parse_args(
+        ["--steps", "100", "--results-dir", str(tmp_path), "--data", str(shared_data / "Task04_Hippocampus")]
+    )
     expected = r"--steps 100 is not a whole number of epochs of 80 iterations \(e.g. 80 or 160\)"
     with pytest.raises(UsageError, match=expected):
         abl.settings_from(args)
-    args = abl.build_parser().parse_args(["--steps", "2400", "--results-dir", str(tmp_path),
-                                          "--data", str(shared_data / "Task04_Hippocampus")])
+    args = abl.build_parser().parse_args(
+        ["--steps", "2400", "--results-dir", str(tmp_path), "--data", str(shared_data / "Task04_Hippocampus")]
+    )
     s = abl.settings_from(args)
     assert (s.epochs, s.val_interval, s.datalist) == (30, 5, SWIN / "configs" / "datalist.json")
 
@@ -194,11 +202,16 @@ def _state(results: Path, run: str) -> dict:
 def _check_table_and_figures(results: Path) -> None:
     section = (results / "ablation_hippocampus.md").read_text()
     assert "QUICK SMOKE RUN" in section and "python benchmarks/ablation_hippocampus.py --quick" in section
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
-            for line in section.splitlines() if line.startswith("| ") and not line.startswith("| run ")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+        for line in section.splitlines()
+        if line.startswith("| ") and not line.startswith("| run ")
+    }
     assert {"swinunet3d_seed0", "unetrpp_seed0", "constant label 0", "constant label 1"} <= set(rows)
-    for run, bundle, overrides in (("swinunet3d_seed0", SWIN, {"network_preset": "swinunet3d"}),
-                                   ("unetrpp_seed0", UNETRPP, {})):
+    for run, bundle, overrides in (
+        ("swinunet3d_seed0", SWIN, {"network_preset": "swinunet3d"}),
+        ("unetrpp_seed0", UNETRPP, {}),
+    ):
         state = _state(results, run)
         torch.manual_seed(0)
         net = _parser(bundle, "inference.json", **overrides).get_parsed_content("network_def")
@@ -238,11 +251,28 @@ def _check_weights_run_with_the_shipped_config(results: Path, cwd: Path, shared_
     cwd.mkdir()
 
     case = shared_data / "Task04_Hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(SWIN / "configs" / "inference.json"),
-           "--ckpt_path", str(results / "work" / "swinunet3d_seed0" / "bundle" / "models" / "model.pt"),
-           "--output_dir", str(cwd / "out"), "--datalist", f"$[{{'image': '{case}'}}]"]
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(SWIN / "configs" / "inference.json"),
+        "--ckpt_path",
+        str(results / "work" / "swinunet3d_seed0" / "bundle" / "models" / "model.pt"),
+        "--output_dir",
+        str(cwd / "out"),
+        "--datalist",
+        f"$[{{'image': '{case}'}}]",
+    ]
+    res = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     pred, img = nib.load(str(cwd / "out" / "hippocampus_008.nii.gz")), nib.load(str(case))
     assert pred.shape == img.shape and np.allclose(pred.affine, img.affine)
@@ -264,8 +294,9 @@ def _check_rerun_skips_finished_runs(results: Path, capsys) -> None:
     code, out, err = _run_here(results, capsys)
     assert code == 0, err[-3000:]
     assert "unetrpp_seed0: finished earlier" in out and not (results / "work" / "unetrpp_seed0").exists()
-    assert (results / "ablation_hippocampus.md").read_text().split("What each module")[0].split("\n| run")[1] == \
-        table.split("\n| run")[1]
+    assert (results / "ablation_hippocampus.md").read_text().split("What each module")[0].split("\n| run")[
+        1
+    ] == table.split("\n| run")[1]
 
 
 def _check_interrupted_run_resumes(results: Path) -> None:

@@ -26,7 +26,7 @@ import torch
 from pipeline.paths import BUNDLES_DIR, PROJECT_ROOT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bad_inputs_utils import (  # noqa: E402
+from _bad_inputs_utils import (
     AFFINE,
     SHAPE,
     assert_clean_error,
@@ -88,8 +88,7 @@ BAD_INFER_CASES = {
     "empty_file": ("bad.nii.gz", raw_bytes(b""), r"empty file \(0 bytes\)"),
     "text_as_nrrd": ("bad.nrrd", raw_bytes(b"this is a report, not an NRRD\n"), r"not a valid image file"),
     "image_2d": ("bad.nii.gz", nifti(np.zeros(SHAPE[:2], np.float32)), r"2D .*expected a 3D volume"),
-    "image_4d_two_channels": ("bad.nii.gz", nifti(np.zeros((*SHAPE, 2), np.float32)),
-                              r"2 channel\(s\).*expects 1"),
+    "image_4d_two_channels": ("bad.nii.gz", nifti(np.zeros((*SHAPE, 2), np.float32)), r"2 channel\(s\).*expects 1"),
     "nan_voxels": ("bad.nii.gz", nifti(_NAN), r"4320 NaN and 0 Inf"),
     "inf_voxels": ("bad.nii.gz", nifti(_INF), r"0 NaN and \d+ Inf"),
     "folder_not_file": ("bad.nii.gz", folder, r"is a folder, not an image file"),
@@ -99,30 +98,65 @@ BAD_INFER_CASES = {
     "named_pipe": ("bad.nii.gz", fifo, r"not a regular file but a named pipe \(FIFO\)"),
     "device_file": ("bad.nii.gz", device_link, r"not a regular file but a character device"),
     # header oddities
-    "truncated_uncompressed_nii": ("bad.nii", "truncate", r"truncated file: the header declares 17280 bytes of voxel "
-                                   r"data from byte 352, the file holds \d+"),
+    "truncated_uncompressed_nii": (
+        "bad.nii",
+        "truncate",
+        r"truncated file: the header declares 17280 bytes of voxel "
+        r"data from byte 352, the file holds \d+",
+    ),
     "complex_voxels": ("bad.nii.gz", nifti(np.ones(SHAPE, np.complex64)), r"complex-valued voxels \(complex64\)"),
-    "rgb_voxels": ("bad.nii.gz", nifti(np.zeros(SHAPE, [("R", "u1"), ("G", "u1"), ("B", "u1")])),
-                   r"RGB/structured voxels"),
-    "zero_size_shape": ("bad.nii.gz", raw_nifti(np.zeros((20, 0, 12), np.int16)),
-                        r"header declares no voxels \(shape 20x0x12\)"),
-    "huge_declared_shape": ("bad.nii.gz", raw_nifti(np.zeros(0, np.int16), lambda h: h.set_data_shape((30000,) * 3)),
-                            r"30000x30000x30000 volume .* needs about [\d.]+ GB but only"),
-    "zero_pixdim_no_affine": ("bad.nii.gz", raw_nifti(ct_case(1)[0], no_affine([0, 0, 0])),
-                              r"no usable voxel geometry: no orientation in the header \(qform_code = sform_code = 0\)"
-                              r", and the pixdim voxel size \[0, 0, 0\] is zero/NaN", r"set_zooms"),
-    "nan_pixdim_no_affine": ("bad.nii.gz", raw_nifti(ct_case(1)[0], no_affine([np.nan] * 3)),
-                             r"no usable voxel geometry: .*pixdim voxel size \[nan, nan, nan\]"),
-    "header_dim0_out_of_range": ("bad.nii.gz", raw_nifti(ct_case(1)[0], lambda h: h["dim"].__setitem__(0, 9)),
-                                 r"corrupt NIfTI header: dim\[0\] \(the number of dimensions\) is 9, must be 1 to 7"),
-    "header_unknown_datatype": ("bad.nii.gz", raw_nifti(ct_case(1)[0], lambda h: h.__setitem__("datatype", 255)),
-                                r"unsupported NIfTI datatype code 255"),
-    "header_offset_past_end": ("bad.nii.gz", raw_nifti(ct_case(1)[0], lambda h: h.__setitem__("vox_offset", 1e9)),
-                               r"corrupt header: the voxel data offset \(vox_offset 1000000000\) lies beyond the end"),
-    "mha_zero_spacing": ("bad.mha", mha_bytes("ElementSpacing = 0 0 0\n"),
-                         r"invalid geometry in the header: zero voxel spacing"),
-    "mha_singular_direction": ("bad.mha", mha_bytes("TransformMatrix = 1 0 0 0 1 0 0 0 0\n"),
-                               r"invalid geometry in the header: the direction matrix is not invertible"),
+    "rgb_voxels": (
+        "bad.nii.gz",
+        nifti(np.zeros(SHAPE, [("R", "u1"), ("G", "u1"), ("B", "u1")])),
+        r"RGB/structured voxels",
+    ),
+    "zero_size_shape": (
+        "bad.nii.gz",
+        raw_nifti(np.zeros((20, 0, 12), np.int16)),
+        r"header declares no voxels \(shape 20x0x12\)",
+    ),
+    "huge_declared_shape": (
+        "bad.nii.gz",
+        raw_nifti(np.zeros(0, np.int16), lambda h: h.set_data_shape((30000,) * 3)),
+        r"30000x30000x30000 volume .* needs about [\d.]+ GB but only",
+    ),
+    "zero_pixdim_no_affine": (
+        "bad.nii.gz",
+        raw_nifti(ct_case(1)[0], no_affine([0, 0, 0])),
+        r"no usable voxel geometry: no orientation in the header \(qform_code = sform_code = 0\)"
+        r", and the pixdim voxel size \[0, 0, 0\] is zero/NaN",
+        r"set_zooms",
+    ),
+    "nan_pixdim_no_affine": (
+        "bad.nii.gz",
+        raw_nifti(ct_case(1)[0], no_affine([np.nan] * 3)),
+        r"no usable voxel geometry: .*pixdim voxel size \[nan, nan, nan\]",
+    ),
+    "header_dim0_out_of_range": (
+        "bad.nii.gz",
+        raw_nifti(ct_case(1)[0], lambda h: h["dim"].__setitem__(0, 9)),
+        r"corrupt NIfTI header: dim\[0\] \(the number of dimensions\) is 9, must be 1 to 7",
+    ),
+    "header_unknown_datatype": (
+        "bad.nii.gz",
+        raw_nifti(ct_case(1)[0], lambda h: h.__setitem__("datatype", 255)),
+        r"unsupported NIfTI datatype code 255",
+    ),
+    "header_offset_past_end": (
+        "bad.nii.gz",
+        raw_nifti(ct_case(1)[0], lambda h: h.__setitem__("vox_offset", 1e9)),
+        r"corrupt header: the voxel data offset \(vox_offset 1000000000\) lies beyond the end",
+    ),
+    "mha_zero_spacing": (
+        "bad.mha",
+        mha_bytes("ElementSpacing = 0 0 0\n"),
+        r"invalid geometry in the header: zero voxel spacing",
+    ),
+    "mha_singular_direction": (
+        "bad.mha",
+        mha_bytes("TransformMatrix = 1 0 0 0 1 0 0 0 0\n"),
+        r"invalid geometry in the header: the direction matrix is not invertible",
+    ),
 }
 
 
@@ -147,8 +181,11 @@ def test_infer_batch_reports_bad_case_and_finishes_others(kind, bundle, good_ima
     assert sorted(p.name for p in inp.iterdir()) == before  # inputs untouched
 
 
-@pytest.mark.skipif(is_root(), reason="running as root: chmod 000 does not block reads (covered by the folder-"
-                    "instead-of-file and broken-symlink cases)")
+@pytest.mark.skipif(
+    is_root(),
+    reason="running as root: chmod 000 does not block reads (covered by the folder-"
+    "instead-of-file and broken-symlink cases)",
+)
 def test_infer_unreadable_file_permission(bundle, good_image, tmp_path, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
@@ -173,8 +210,9 @@ def test_infer_volume_too_large_for_memory_suggests_streaming(bundle, good_image
     monkeypatch.setenv("MEDSEG_MEMORY_LIMIT_MB", "2")  # the small case needs ~0.07 MB, the big one ~9 MB
     rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", out, *QUIET)
     assert rc == 1
-    assert_clean_error(err, big, r"96x96x64", r"needs about \d+ MB but only 2 MB", r"MEDSEG_MEMORY_LIMIT_MB",
-                       r"--streaming")
+    assert_clean_error(
+        err, big, r"96x96x64", r"needs about \d+ MB but only 2 MB", r"MEDSEG_MEMORY_LIMIT_MB", r"--streaming"
+    )
     _assert_complete_prediction(out, "good")
     assert not (out / "big.nii.gz").exists()
 
@@ -187,8 +225,9 @@ def test_infer_stitching_too_large_for_memory_then_streaming_fits(bundle, tmp_pa
     rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", tmp_path / "full", *QUIET)
     assert rc == 1
     assert_clean_error(err, big, r"sliding-window inference", r"--streaming")
-    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", tmp_path / "stream",
-                     "--streaming", *QUIET)
+    rc, _, err = cli(
+        capsys, "infer", "--model", bundle, "--input", inp, "--output", tmp_path / "stream", "--streaming", *QUIET
+    )
     assert rc == 0, err
     assert nib.load(str(tmp_path / "stream" / "big.nii.gz")).shape == (96, 96, 64)
 
@@ -249,8 +288,9 @@ def test_infer_single_input_that_is_a_link_loop_or_a_pipe(bundle, tmp_path, caps
 # ===================================================================================================== infer: whole run
 def test_infer_empty_folder(bundle, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", tmp_path / "empty", "--output", tmp_path / "o",
-                     *QUIET)
+    rc, _, err = cli(
+        capsys, "infer", "--model", bundle, "--input", tmp_path / "empty", "--output", tmp_path / "o", *QUIET
+    )
     assert rc == 3
     assert_clean_error(err, tmp_path / "empty", r"no images found")
 
@@ -274,8 +314,9 @@ def test_infer_single_non_image_file(bundle, tmp_path, capsys):
 
 
 def test_infer_missing_input(bundle, tmp_path, capsys):
-    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", tmp_path / "nope", "--output", tmp_path / "o",
-                     *QUIET)
+    rc, _, err = cli(
+        capsys, "infer", "--model", bundle, "--input", tmp_path / "nope", "--output", tmp_path / "o", *QUIET
+    )
     assert rc == 3
     assert_clean_error(err, tmp_path / "nope", r"not found")
 
@@ -285,8 +326,19 @@ def test_infer_checkpoint_that_does_not_fit_names_the_layers(bundle, good_image,
 
     ckpt = tmp_path / "wider.pt"
     torch.save(UNet(3, 1, 3, channels=[4, 16], strides=[2], num_res_units=0).state_dict(), ckpt)
-    rc, _, err = cli(capsys, "infer", "--model", bundle, "--checkpoint", ckpt, "--input", good_image,
-                     "--output", tmp_path / "o", *QUIET)
+    rc, _, err = cli(
+        capsys,
+        "infer",
+        "--model",
+        bundle,
+        "--checkpoint",
+        ckpt,
+        "--input",
+        good_image,
+        "--output",
+        tmp_path / "o",
+        *QUIET,
+    )
     assert rc == 4
     assert_clean_error(err, ckpt, r"does not fit", r"model\.1\.submodule\.conv\.weight", r"\[16, 4, 3, 3, 3\]")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
@@ -295,8 +347,19 @@ def test_infer_checkpoint_that_does_not_fit_names_the_layers(bundle, good_image,
 def test_infer_checkpoint_that_is_not_a_checkpoint(bundle, good_image, tmp_path, capsys):
     ckpt = tmp_path / "model.pt"
     ckpt.write_text("<html>404 Not Found</html>")
-    rc, _, err = cli(capsys, "infer", "--model", bundle, "--checkpoint", ckpt, "--input", good_image,
-                     "--output", tmp_path / "o", *QUIET)
+    rc, _, err = cli(
+        capsys,
+        "infer",
+        "--model",
+        bundle,
+        "--checkpoint",
+        ckpt,
+        "--input",
+        good_image,
+        "--output",
+        tmp_path / "o",
+        *QUIET,
+    )
     assert rc == 4
     assert_clean_error(err, ckpt, r"unreadable checkpoint: not a PyTorch file")
 
@@ -319,8 +382,9 @@ def test_infer_bundle_config_not_json(good_image, tmp_path, capsys):
 
 def test_debug_shows_the_traceback(bundle, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    rc, _, err = cli(capsys, "--debug", "infer", "--model", bundle, "--input", tmp_path / "empty",
-                     "--output", tmp_path / "o", *QUIET)
+    rc, _, err = cli(
+        capsys, "--debug", "infer", "--model", bundle, "--input", tmp_path / "empty", "--output", tmp_path / "o", *QUIET
+    )
     assert rc == 3
     assert "Traceback" in err and "no images found" in err
 
@@ -354,17 +418,37 @@ def test_infer_killed_leaves_no_partial_outputs_and_rerun_resumes(sig, bundle, t
     for i in range(n):  # larger volumes: more windows per case, so the kill lands mid-batch
         write_nifti(inp / f"case{i}.nii.gz", ct_case(i, shape=(48, 48, 32))[0])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "infer", "--model", str(bundle), "--input", str(inp),
-                             "--output", str(out), "--quiet", "--overlap", "0.5"],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "infer",
+            "--model",
+            str(bundle),
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--quiet",
+            "--overlap",
+            "0.5",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             if out.is_dir() and any(p.name.endswith(".json") and not p.name.startswith(".") for p in out.iterdir()):
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, "the run finished (or died) before it could be killed: " + \
-            proc.stderr.read().decode(errors="replace")[-2000:]
+        assert proc.poll() is None, (
+            "the run finished (or died) before it could be killed: "
+            + proc.stderr.read().decode(errors="replace")[-2000:]
+        )
         proc.send_signal(sig)
         rc = proc.wait(timeout=60)
         stderr = proc.stderr.read().decode(errors="replace")
@@ -392,8 +476,7 @@ def test_infer_killed_leaves_no_partial_outputs_and_rerun_resumes(sig, bundle, t
     stale.write_bytes(b"partial")
     os.utime(stale, (time.time() - 60, time.time() - 60))
 
-    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", out, "--quiet",
-                     "--overlap", "0.5")
+    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", out, "--quiet", "--overlap", "0.5")
     assert rc == 0, err
     assert f"{n - len(finished)} written, {len(finished)} skipped" in err
     for c, m in mtimes.items():  # finished cases were skipped, not recomputed
@@ -434,8 +517,10 @@ BAD_PREDICTIONS = {
     # issue 16: never a hang, never a silently missing case, never a distance from an invented spacing
     "symlink_loop": (link_loop, r"symbolic link loop"),
     "named_pipe": (fifo, r"not a regular file but a named pipe \(FIFO\)"),
-    "zero_pixdim_no_affine": (raw_nifti(ct_case(1)[1], no_affine([0, 0, 0])),
-                              r"no usable voxel geometry: .*pixdim voxel size \[0, 0, 0\]"),
+    "zero_pixdim_no_affine": (
+        raw_nifti(ct_case(1)[1], no_affine([0, 0, 0])),
+        r"no usable voxel geometry: .*pixdim voxel size \[0, 0, 0\]",
+    ),
 }
 
 
@@ -449,8 +534,21 @@ def test_evaluate_batch_reports_bad_prediction_and_scores_others(kind, dataset, 
     bad = pred / "c1.nii.gz"
     bad.unlink()  # the writer replaces the good copy (a link or pipe cannot be written over a file)
     (truncate(dataset / "labelsTr" / "c1.nii.gz") if writer == "truncate" else writer)(bad)
-    rc, _, err = cli(capsys, "evaluate", "--pred", pred, "--label", dataset / "labelsTr", "--classes", "1,2",
-                     "--out", rep, "--workers", "1", *QUIET)
+    rc, _, err = cli(
+        capsys,
+        "evaluate",
+        "--pred",
+        pred,
+        "--label",
+        dataset / "labelsTr",
+        "--classes",
+        "1,2",
+        "--out",
+        rep,
+        "--workers",
+        "1",
+        *QUIET,
+    )
     assert rc == 1, err
     assert_clean_error(err, bad, pattern)
     with open(rep / "per_case.csv") as f:
@@ -478,11 +576,23 @@ def test_evaluate_label_values_outside_declared_set(dataset, tmp_path, capsys):
     for i in range(3):
         (pred / f"c{i}.nii.gz").write_bytes((dataset / "labelsTr" / f"c{i}.nii.gz").read_bytes())
     bad = write_nifti(dataset / "labelsTr" / "c1.nii.gz", np.full(SHAPE, 7, np.uint8))
-    rc, _, err = cli(capsys, "evaluate", "--pred", pred, "--label", dataset / "labelsTr", "--classes",
-                     dataset / "dataset.json", "--out", tmp_path / "rep", "--workers", "1", *QUIET)
+    rc, _, err = cli(
+        capsys,
+        "evaluate",
+        "--pred",
+        pred,
+        "--label",
+        dataset / "labelsTr",
+        "--classes",
+        dataset / "dataset.json",
+        "--out",
+        tmp_path / "rep",
+        "--workers",
+        "1",
+        *QUIET,
+    )
     assert rc == 1
-    assert_clean_error(err, bad, r"label values \[7\] are not in the declared label set \[0, 1, 2\]",
-                       r"dataset\.json")
+    assert_clean_error(err, bad, r"label values \[7\] are not in the declared label set \[0, 1, 2\]", r"dataset\.json")
     with open(tmp_path / "rep" / "per_case.csv") as f:
         assert {row["case"] for row in csv.DictReader(f)} == {"c0", "c2"}
 
@@ -492,8 +602,21 @@ def test_evaluate_prediction_values_outside_declared_set(dataset, tmp_path, caps
     for i in range(3):
         write_nifti(pred / f"c{i}.nii.gz", ct_case(i)[1])
     bad = write_nifti(pred / "c2.nii.gz", np.full(SHAPE, 9, np.uint8))
-    rc, _, err = cli(capsys, "evaluate", "--pred", pred, "--label", dataset / "labelsTr", "--classes",
-                     dataset / "dataset.json", "--out", tmp_path / "rep", "--workers", "1", *QUIET)
+    rc, _, err = cli(
+        capsys,
+        "evaluate",
+        "--pred",
+        pred,
+        "--label",
+        dataset / "labelsTr",
+        "--classes",
+        dataset / "dataset.json",
+        "--out",
+        tmp_path / "rep",
+        "--workers",
+        "1",
+        *QUIET,
+    )
     assert rc == 1
     assert_clean_error(err, bad, r"prediction values \[9\] are not in the declared label set")
     with open(tmp_path / "rep" / "per_case.csv") as f:
@@ -502,24 +625,43 @@ def test_evaluate_prediction_values_outside_declared_set(dataset, tmp_path, caps
 
 # ====================================================================================================== datasets check
 BAD_DATASET_CASES = {
-    "label_shape_mismatch": ("labelsTr", nifti(np.zeros((20, 18, 10), np.uint8)), r"label shape \[20, 18, 10\] != "
-                             r"image shape \[20, 18, 12\]"),
-    "label_affine_mismatch": ("labelsTr", nifti(np.zeros(SHAPE, np.uint8), np.diag([1.5, 1.5, 2.5, 1.0])),
-                              r"label affine differs from the image affine by up to 0.5 mm"),
-    "label_values_outside_set": ("labelsTr", nifti(np.full(SHAPE, 7, np.uint8)),
-                                 r"label values \[7\] are not in the declared label set \[0, 1, 2\]"),
+    "label_shape_mismatch": (
+        "labelsTr",
+        nifti(np.zeros((20, 18, 10), np.uint8)),
+        r"label shape \[20, 18, 10\] != "
+        r"image shape \[20, 18, 12\]",
+    ),
+    "label_affine_mismatch": (
+        "labelsTr",
+        nifti(np.zeros(SHAPE, np.uint8), np.diag([1.5, 1.5, 2.5, 1.0])),
+        r"label affine differs from the image affine by up to 0.5 mm",
+    ),
+    "label_values_outside_set": (
+        "labelsTr",
+        nifti(np.full(SHAPE, 7, np.uint8)),
+        r"label values \[7\] are not in the declared label set \[0, 1, 2\]",
+    ),
     "truncated_label": ("labelsTr", "truncate", r"label unreadable: .*truncated or corrupt"),
     "nan_image": ("imagesTr", nifti(_NAN), r"image has 4320 NaN and 0 Inf voxels"),
-    "image_4d_wrong_channels": ("imagesTr", nifti(np.zeros((*SHAPE, 2), np.float32)),
-                                r"image has 2 channel\(s\), the dataset declares 1"),
+    "image_4d_wrong_channels": (
+        "imagesTr",
+        nifti(np.zeros((*SHAPE, 2), np.float32)),
+        r"image has 2 channel\(s\), the dataset declares 1",
+    ),
     "image_2d": ("imagesTr", nifti(np.zeros(SHAPE[:2], np.float32)), r"image has 2 spatial dimensions"),
     # issue 16: the same per-file problems as infer, reported per case
     "image_symlink_loop": ("imagesTr", link_loop, r"image unreadable: .*symbolic link loop"),
     "image_named_pipe": ("imagesTr", fifo, r"image unreadable: .*not a regular file but a named pipe"),
-    "image_zero_pixdim_no_affine": ("imagesTr", raw_nifti(ct_case(1)[0], no_affine([0, 0, 0])),
-                                    r"image unreadable: .*no usable voxel geometry"),
-    "label_nan_pixdim_no_affine": ("labelsTr", raw_nifti(ct_case(1)[1], no_affine([np.nan] * 3)),
-                                   r"label unreadable: .*no usable voxel geometry"),
+    "image_zero_pixdim_no_affine": (
+        "imagesTr",
+        raw_nifti(ct_case(1)[0], no_affine([0, 0, 0])),
+        r"image unreadable: .*no usable voxel geometry",
+    ),
+    "label_nan_pixdim_no_affine": (
+        "labelsTr",
+        raw_nifti(ct_case(1)[1], no_affine([np.nan] * 3)),
+        r"label unreadable: .*no usable voxel geometry",
+    ),
 }
 
 
@@ -580,8 +722,9 @@ def test_benchmark_scores_good_cases_and_lists_bad_ones(bundle, tmp_path, capsys
     write_nifti(data / "imagesTr" / "c2.nii.gz", _NAN)
     write_nifti(data / "labelsTr" / "c3.nii.gz", np.zeros((20, 18, 10), np.uint8))
     out = tmp_path / "bench"
-    rc, stdout, err = cli(capsys, "benchmark", "--bundle", bundle, "--data", data, "--split", "training",
-                          "--table", "none", "--out", out)
+    rc, stdout, err = cli(
+        capsys, "benchmark", "--bundle", bundle, "--data", data, "--split", "training", "--table", "none", "--out", out
+    )
     assert rc == 1, err
     assert "Traceback" not in err
     failed = {line.split(":")[1].strip(): line for line in err.splitlines() if line.startswith("failed: ")}
@@ -595,8 +738,7 @@ def test_benchmark_scores_good_cases_and_lists_bad_ones(bundle, tmp_path, capsys
     assert [c["case"] for c in report["cases"] if c["status"] == "ok"] == ["c0"]
 
 
-def test_benchmark_unexpected_error_in_one_case_does_not_cost_the_batch(bundle, dataset, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_benchmark_unexpected_error_in_one_case_does_not_cost_the_batch(bundle, dataset, tmp_path, capsys, monkeypatch):
     import pipeline.inference.runner as runner
 
     real = runner.predict_case
@@ -608,8 +750,20 @@ def test_benchmark_unexpected_error_in_one_case_does_not_cost_the_batch(bundle, 
 
     monkeypatch.setattr(runner, "predict_case", flaky)
     out = tmp_path / "bench"
-    rc, stdout, err = cli(capsys, "benchmark", "--bundle", bundle, "--data", dataset, "--split", "training",
-                          "--table", "none", "--out", out)
+    rc, stdout, err = cli(
+        capsys,
+        "benchmark",
+        "--bundle",
+        bundle,
+        "--data",
+        dataset,
+        "--split",
+        "training",
+        "--table",
+        "none",
+        "--out",
+        out,
+    )
     assert rc == 1 and "Traceback" not in err
     line = next(ln for ln in err.splitlines() if ln.startswith("failed: c1:"))
     assert str(dataset / "imagesTr" / "c1.nii.gz") in line and "ValueError: cannot reshape" in line
@@ -619,15 +773,28 @@ def test_benchmark_unexpected_error_in_one_case_does_not_cost_the_batch(bundle, 
 
 def test_benchmark_bundle_config_missing_a_key(dataset, tmp_path, capsys):
     b = make_bundle(tmp_path / "b", drop=["network_def"])
-    rc, _, err = cli(capsys, "benchmark", "--bundle", b, "--data", dataset, "--split", "training",
-                     "--table", "none", "--out", tmp_path / "bench")
+    rc, _, err = cli(
+        capsys,
+        "benchmark",
+        "--bundle",
+        b,
+        "--data",
+        dataset,
+        "--split",
+        "training",
+        "--table",
+        "none",
+        "--out",
+        tmp_path / "bench",
+    )
     assert rc == 4
     assert_clean_error(err, b / "configs" / "inference.json", r"no 'network_def'")
 
 
 def test_benchmark_missing_dataset(bundle, tmp_path, capsys):
-    rc, _, err = cli(capsys, "benchmark", "--bundle", bundle, "--data", tmp_path / "nope", "--table", "none",
-                     "--out", tmp_path / "b")
+    rc, _, err = cli(
+        capsys, "benchmark", "--bundle", bundle, "--data", tmp_path / "nope", "--table", "none", "--out", tmp_path / "b"
+    )
     assert rc == 3
     assert_clean_error(err, tmp_path / "nope", r"not found")
 
@@ -640,8 +807,9 @@ def restore_logging():
     import logging
 
     def handlers() -> dict:
-        loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
-                                           if isinstance(lg, logging.Logger)]
+        loggers = [logging.getLogger()] + [
+            lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+        ]
         return {lg: list(lg.handlers) for lg in loggers}
 
     before = handlers()
@@ -653,9 +821,15 @@ def restore_logging():
 
 
 def _train_args(tmp_path: Path, train: list[dict], val: list[dict]) -> list[str]:
-    sets = {"roi_size": [16, 16, 16], "train_datalist": train, "val_datalist": val, "val_interval": 1,
-            "ckpt_dir": str(tmp_path / "models"), "train_dir": str(tmp_path / "runs"),
-            "output_dir": str(tmp_path / "eval")}
+    sets = {
+        "roi_size": [16, 16, 16],
+        "train_datalist": train,
+        "val_datalist": val,
+        "val_interval": 1,
+        "ckpt_dir": str(tmp_path / "models"),
+        "train_dir": str(tmp_path / "runs"),
+        "output_dir": str(tmp_path / "eval"),
+    }
     args = ["--epochs", "1", "--device", "cpu"]
     for k, v in sets.items():
         args += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
@@ -666,8 +840,12 @@ def _mri_items(folder: Path, n: int = 3) -> list[dict]:
     items = []
     for i in range(n):
         image, label = ct_case(i, shape=(20, 18, 17))
-        items.append({"image": str(write_nifti(folder / f"t{i}_img.nii.gz", image + 300.0, np.eye(4))),
-                      "label": str(write_nifti(folder / f"t{i}_seg.nii.gz", label, np.eye(4)))})
+        items.append(
+            {
+                "image": str(write_nifti(folder / f"t{i}_img.nii.gz", image + 300.0, np.eye(4))),
+                "label": str(write_nifti(folder / f"t{i}_seg.nii.gz", label, np.eye(4))),
+            }
+        )
     return items
 
 
@@ -706,13 +884,14 @@ def test_train_resume_from_checkpoint_that_does_not_fit_names_the_layers(tmp_pat
     runs = tmp_path / "runs"
     runs.mkdir()
     ckpt = runs / "checkpoint.pt"
-    torch.save({"model": other.state_dict(), "optimizer": {}, "lr_scheduler": {}, "trainer": {"epoch": 1},
-                "rng": {}}, ckpt)
+    torch.save(
+        {"model": other.state_dict(), "optimizer": {}, "lr_scheduler": {}, "trainer": {"epoch": 1}, "rng": {}}, ckpt
+    )
     saved = ckpt.read_bytes()
     items = _mri_items(tmp_path / "data")
-    rc, _, err = cli(capsys, "train", "--bundle", BUNDLES_DIR / HIPPO, "--resume",
-                     *_train_args(tmp_path, items[:2], items[2:]))
+    rc, _, err = cli(
+        capsys, "train", "--bundle", BUNDLES_DIR / HIPPO, "--resume", *_train_args(tmp_path, items[:2], items[2:])
+    )
     assert rc == 4
     assert_clean_error(err, ckpt, r"checkpoint entry 'model' does not fit", r"size mismatch for \S+\.weight")
     assert ckpt.read_bytes() == saved  # not overwritten by a fresh start
-

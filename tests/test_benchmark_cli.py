@@ -62,8 +62,9 @@ def test_bundle_held_out_split_and_limit(shared_data):
 
 
 def test_training_split_is_flagged(shared_data, bare_bundle):
-    sel = select_cases(BenchmarkOptions(bundle="x", data=str(shared_data / "STS_CT"), split="training", limit=1),
-                       bare_bundle)
+    sel = select_cases(
+        BenchmarkOptions(bundle="x", data=str(shared_data / "STS_CT"), split="training", limit=1), bare_bundle
+    )
     assert sel.split == "training" and "WARNING: scored on training cases" in sel.note
 
 
@@ -71,8 +72,17 @@ def test_refuses_without_weights(shared_data, bare_bundle, tmp_path, capsys):
     with pytest.raises(ModelError, match="--allow-untrained"):
         check_weights(bare_bundle, allow_untrained=False)
     assert check_weights(bare_bundle, allow_untrained=True) is None
-    rc = cli_main(["benchmark", "--bundle", str(bare_bundle), "--data", str(shared_data / "Task04_Hippocampus"),
-                   "--out", str(tmp_path / "out")])
+    rc = cli_main(
+        [
+            "benchmark",
+            "--bundle",
+            str(bare_bundle),
+            "--data",
+            str(shared_data / "Task04_Hippocampus"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == EXIT_MODEL == 4
     assert err.startswith("error: ") and "models/model.pt" in err and "--allow-untrained" in err
@@ -123,8 +133,20 @@ def test_end_to_end_untrained_hippocampus(shared_data, tmp_path, capsys):
     b = tmp_path / HIPPO_BUNDLE
     shutil.copytree(bundle / "configs", b / "configs")
     out = tmp_path / "out"
-    argv = ["benchmark", "--bundle", str(b), "--data", str(shared_data / "Task04_Hippocampus"), "--limit", "1",
-            "--out", str(out), "--allow-untrained", "--sw-batch-size", "2"]
+    argv = [
+        "benchmark",
+        "--bundle",
+        str(b),
+        "--data",
+        str(shared_data / "Task04_Hippocampus"),
+        "--limit",
+        "1",
+        "--out",
+        str(out),
+        "--allow-untrained",
+        "--sw-batch-size",
+        "2",
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "UNTRAINED" in printed and "report.md" in printed
@@ -171,15 +193,29 @@ def test_failed_case_is_reported_and_others_go_on(shared_data, tmp_path, capsys)
     shutil.copy(src / "imagesTr" / "hippocampus_001.nii.gz", data / "imagesTr")
     (data / "imagesTr" / "hippocampus_003.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     meta = json.loads((src / "dataset.json").read_text())
-    meta["training"] = [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
-                        for c in ("hippocampus_001", "hippocampus_003")]
+    meta["training"] = [
+        {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+        for c in ("hippocampus_001", "hippocampus_003")
+    ]
     meta["test"] = []
     (data / "dataset.json").write_text(json.dumps(meta))
     b = tmp_path / "bundle"
     shutil.copytree(bundle / "configs", b / "configs")
     out = tmp_path / "out"
-    rc = cli_main(["benchmark", "--bundle", str(b), "--data", str(data), "--split", "training", "--out", str(out),
-                   "--allow-untrained"])
+    rc = cli_main(
+        [
+            "benchmark",
+            "--bundle",
+            str(b),
+            "--data",
+            str(data),
+            "--split",
+            "training",
+            "--out",
+            str(out),
+            "--allow-untrained",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1
     assert "failed: hippocampus_003" in captured.err and "hippocampus_003.nii.gz" in captured.err
@@ -196,8 +232,22 @@ def test_trained_bundle_is_not_marked_untrained(shared_data, tmp_path):
     if not (bundle / "models" / "model.pt").is_file() or not (bundle / "configs" / "inference.json").is_file():
         pytest.skip(f"{bundle} ships no trained weights yet")
     out = tmp_path / "out"
-    assert cli_main(["benchmark", "--bundle", str(bundle), "--data", str(shared_data / "Task04_Hippocampus"),
-                     "--limit", "1", "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "benchmark",
+                "--bundle",
+                str(bundle),
+                "--data",
+                str(shared_data / "Task04_Hippocampus"),
+                "--limit",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "report.json").read_text())
     assert data["untrained"] is False and data["weights"].endswith("model.pt") and data["warning"] is None
     assert "UNTRAINED" not in (out / "report.md").read_text() + (out / "report.csv").read_text()
@@ -214,7 +264,35 @@ def test_weights_that_do_not_fit_are_a_model_error(shared_data, tmp_path, capsys
     shutil.copytree(bundle / "configs", b / "configs")
     (b / "models").mkdir()
     torch.save({"not_a_layer.weight": torch.zeros(2)}, b / "models" / "model.pt")
-    rc = cli_main(["benchmark", "--bundle", str(b), "--data", str(shared_data / "Task04_Hippocampus"), "--limit",
-                   "1", "--out", str(tmp_path / "out")])
+    rc = cli_main(
+        [
+            "benchmark",
+            "--bundle",
+            str(b),
+            "--data",
+            str(shared_data / "Task04_Hippocampus"),
+            "--limit",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == EXIT_MODEL and "does not fit" in err and "model.pt" in err
+
+
+def test_timed_network_times_forward_and_keeps_module_api():
+    """The benchmark's timing wrapper returns the network's output, sums its forward time, and leaves nn.Module's
+    methods alone (an attribute named ``cuda`` once hid ``Module.cuda()``: ``.cuda()`` raised 'bool' not callable)."""
+    import torch
+
+    from pipeline.benchmark.inference import TimedNetwork
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 2, 1)
+    timed = TimedNetwork(net, torch.device("cpu"))
+    x = torch.randn(1, 1, 4, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(timed(x), net(x))
+    assert timed.seconds > 0
+    assert timed.cuda.__func__ is torch.nn.Module.cuda

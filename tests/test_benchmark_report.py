@@ -66,8 +66,11 @@ def test_profiles_pick_table_and_split():
 
 
 def test_pick_split_aliases_and_errors():
-    splits = {"training": [{"image": "a", "label": "b"}], "validation": [{"image": "c", "label": "d"}],
-              "test": [{"image": "e"}]}
+    splits = {
+        "training": [{"image": "a", "label": "b"}],
+        "validation": [{"image": "c", "label": "d"}],
+        "test": [{"image": "e"}],
+    }
     name, key, items = pick_split(splits, None, "test", source="/d")
     assert (name, key, items) == ("validation", "validation", [{"image": "c", "label": "d"}])  # test is unlabelled
     assert pick_split(splits, "training", "test", source="/d")[1] == "training"
@@ -83,20 +86,44 @@ def test_pick_split_aliases_and_errors():
 def _report(untrained: bool) -> BenchmarkReport:
     syn = get_table("synapse")
     cases = [
-        CaseResult("img0001", dice={1: 0.9, 2: 0.8, 3: 0.7, 4: None, 6: 0.95, 7: 0.6, 8: 0.85, 11: 0.5},
-                   hd95={1: 2.0, 2: 3.0, 3: 4.0, 4: None, 6: 5.0, 7: 6.0, 8: 1.0, 11: 9.0},
-                   timings={"preprocessing": 1.0, "network": 10.0, "stitching": 0.5, "postprocessing": 2.0,
-                            "metrics": 0.25}),
-        CaseResult("img0002", dice={k: 0.5 for k in syn.labels}, hd95={k: 1.0 for k in syn.labels},
-                   timings={"preprocessing": 3.0, "network": 20.0, "stitching": 1.5, "postprocessing": 4.0,
-                            "metrics": 0.75, "io": 0.1}),
+        CaseResult(
+            "img0001",
+            dice={1: 0.9, 2: 0.8, 3: 0.7, 4: None, 6: 0.95, 7: 0.6, 8: 0.85, 11: 0.5},
+            hd95={1: 2.0, 2: 3.0, 3: 4.0, 4: None, 6: 5.0, 7: 6.0, 8: 1.0, 11: 9.0},
+            timings={"preprocessing": 1.0, "network": 10.0, "stitching": 0.5, "postprocessing": 2.0, "metrics": 0.25},
+        ),
+        CaseResult(
+            "img0002",
+            dice=dict.fromkeys(syn.labels, 0.5),
+            hd95=dict.fromkeys(syn.labels, 1.0),
+            timings={
+                "preprocessing": 3.0,
+                "network": 20.0,
+                "stitching": 1.5,
+                "postprocessing": 4.0,
+                "metrics": 0.75,
+                "io": 0.1,
+            },
+        ),
         CaseResult("img0003", status="failed", error="prediction shape (1, 2, 3) differs from label"),
     ]
     return BenchmarkReport(
-        bundle="unetrpp_synapse", dataset="/data/Synapse_like", split="test", protocol="legacy_unetrpp",
-        classes=list(syn.classes), cases=cases, untrained=untrained, layout="synapse_raw", hd95_unit="voxel",
-        published=syn, memory={"peak_rss_mib": 123.4}, environment=system_stamp(), command="medseg benchmark ...",
-        split_note="2 of the 12 official test cases are present", notes=["a note"], warnings=["WARNING: legacy"],
+        bundle="unetrpp_synapse",
+        dataset="/data/Synapse_like",
+        split="test",
+        protocol="legacy_unetrpp",
+        classes=list(syn.classes),
+        cases=cases,
+        untrained=untrained,
+        layout="synapse_raw",
+        hd95_unit="voxel",
+        published=syn,
+        memory={"peak_rss_mib": 123.4},
+        environment=system_stamp(),
+        command="medseg benchmark ...",
+        split_note="2 of the 12 official test cases are present",
+        notes=["a note"],
+        warnings=["WARNING: legacy"],
     )
 
 
@@ -122,12 +149,15 @@ def test_report_markdown_layout_and_published_rows():
     assert "| 70.00 |" in ours and "legacy_unetrpp" in ours  # spleen: mean of 0.9 and 0.5, in percent
     unetrpp = next(line for line in md.splitlines() if line.startswith("| UNETR++ |"))
     assert "as published" in unetrpp and "| 7.53 | 87.22 |" in unetrpp and "| 81.10 |" in unetrpp
-    for heading in ("## Per-case results", "## Timings per case and stage (s)", "## Peak memory",
-                    "## Hardware and software"):
+    for heading in (
+        "## Per-case results",
+        "## Timings per case and stage (s)",
+        "## Peak memory",
+        "## Hardware and software",
+    ):
         assert heading in md
     timing_head = next(line for line in md.splitlines() if line.startswith("| Case | preprocessing"))
-    assert timing_head.split(" | ")[1:7] == ["preprocessing", "network", "stitching", "postprocessing", "metrics",
-                                            "io"]
+    assert timing_head.split(" | ")[1:7] == ["preprocessing", "network", "stitching", "postprocessing", "metrics", "io"]
     assert "failed: prediction shape" in md
     assert "2 of the 12 official test cases" in md and "torch" in md and "> WARNING: legacy" in md
     assert "compare with care" not in md  # legacy_unetrpp is the protocol of the UNETR++ row
@@ -162,8 +192,16 @@ def test_report_json_csv_roundtrip(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["protocol"] == "legacy_unetrpp" and data["units"]["hd95"] == "voxel"
     assert data["cases_used"] == ["img0001", "img0002", "img0003"]
-    assert [c["class"] for c in data["summary"]["per_class"]] == ["Spl", "RKid", "LKid", "Gal", "Liv", "Sto", "Aor",
-                                                                  "Pan"]
+    assert [c["class"] for c in data["summary"]["per_class"]] == [
+        "Spl",
+        "RKid",
+        "LKid",
+        "Gal",
+        "Liv",
+        "Sto",
+        "Aor",
+        "Pan",
+    ]
     assert data["summary"]["n_failed"] == 1
     pub = data["published"]
     assert pub["label"] == "as published" and pub["table"] == "synapse"
@@ -181,9 +219,14 @@ def test_report_json_csv_roundtrip(tmp_path):
 
 
 def test_report_infinite_hd95_is_shown():
-    r = BenchmarkReport(bundle="b", dataset="d", split="test", protocol="strict",
-                        classes=list(get_table("lung").classes),
-                        cases=[CaseResult("c", dice={1: 0.0}, hd95={1: math.inf}, timings={"network": 1.0})])
+    r = BenchmarkReport(
+        bundle="b",
+        dataset="d",
+        split="test",
+        protocol="strict",
+        classes=list(get_table("lung").classes),
+        cases=[CaseResult("c", dice={1: 0.0}, hd95={1: math.inf}, timings={"network": 1.0})],
+    )
     assert math.isinf(r.mean_scores()["hd95"])
     assert "| inf |" in r.to_markdown()
 
@@ -213,14 +256,23 @@ def test_markdown_table_rejects_ragged_rows():
 
 def test_assemble_results_from_sections(tmp_path):
     stamp = system_stamp()
-    a = write_section(tmp_path / "eval_speed.md", "Evaluation speed", markdown_table(["tool", "s"], [["ours", 1.0]]),
-                      command="python benchmarks/eval_speed.py", stamp=stamp)
+    a = write_section(
+        tmp_path / "eval_speed.md",
+        "Evaluation speed",
+        markdown_table(["tool", "s"], [["ours", 1.0]]),
+        command="python benchmarks/eval_speed.py",
+        stamp=stamp,
+    )
     b = tmp_path / "handmade.md"
     b.write_text("# Hand-written\n\n### detail\n\n| x |\n|---|\n| 1 |\n")
     info = read_section(a)
     assert info.title == "Evaluation speed" and info.date == stamp["date"]
-    text = assemble_results([a, b], stamp=stamp, command="python benchmarks/run_all.py --no-run",
-                            run_log=[{"name": "eval_speed", "status": "ok", "seconds": 1.25, "returncode": 0}])
+    text = assemble_results(
+        [a, b],
+        stamp=stamp,
+        command="python benchmarks/run_all.py --no-run",
+        run_log=[{"name": "eval_speed", "status": "ok", "seconds": 1.25, "returncode": 0}],
+    )
     assert text.startswith("# Benchmark results\n")
     assert f"- generated: {stamp['date']}" in text and "torch " + stamp["torch"] in text
     assert "| eval_speed | ok | 1.2 | 0 |" in text or "| eval_speed | ok | 1.3 | 0 |" in text
@@ -257,14 +309,23 @@ def test_suite_runs_scripts_and_regenerates_results(tmp_path):
     scripts = tmp_path / "scripts"
     scripts.mkdir()
     (scripts / "tiny_sum.py").write_text(TINY_SCRIPT)
-    (scripts / "broken.py").write_text("import sys\ndef main(argv=None):\n    raise SystemExit(3)\n"
-                                       "if __name__ == '__main__':\n    main()\n")
+    (scripts / "broken.py").write_text(
+        "import sys\ndef main(argv=None):\n    raise SystemExit(3)\nif __name__ == '__main__':\n    main()\n"
+    )
     (scripts / "run_all.py").write_text("def main(argv=None): pass\n")  # never runs itself
     (scripts / "_helper.py").write_text("def main(argv=None): pass\n")
     assert [p.stem for p in discover_scripts(scripts)] == ["broken", "tiny_sum"]
     results, out = tmp_path / "results", tmp_path / "RESULTS.md"
-    common = ["--scripts-dir", str(scripts), "--results-dir", str(results), "--output", str(out),
-              "--logs-dir", str(tmp_path / "logs")]
+    common = [
+        "--scripts-dir",
+        str(scripts),
+        "--results-dir",
+        str(results),
+        "--output",
+        str(out),
+        "--logs-dir",
+        str(tmp_path / "logs"),
+    ]
     assert suite_main([*common, "--quick", "--only", "tiny_sum"]) == 0
     text = out.read_text()
     assert "## Tiny sum" in text and "| sum(1000) |" in text and "| tiny_sum | ok |" in text
@@ -352,8 +413,16 @@ def test_notes_survive_a_suite_run_and_no_run_reproduces_it(tmp_path):
     results, notes, out = tmp_path / "bench" / "results", tmp_path / "bench" / "notes", tmp_path / "RESULTS.md"
     notes.mkdir(parents=True)
     (notes / "tiny_sum.md").write_text("Notes: the sum runs in pure Python.\n\n### Detail\n\nOne thread.\n")
-    common = ["--scripts-dir", str(scripts), "--results-dir", str(results), "--output", str(out),
-              "--logs-dir", str(tmp_path / "logs")]
+    common = [
+        "--scripts-dir",
+        str(scripts),
+        "--results-dir",
+        str(results),
+        "--output",
+        str(out),
+        "--logs-dir",
+        str(tmp_path / "logs"),
+    ]
     assert suite_main([*common, "--quick"]) == 0  # the script rewrites results/tiny_sum.md ...
     first = out.read_text()
     assert "Notes: the sum runs in pure Python." in first  # ... and the note (default: notes/ beside results/) stays

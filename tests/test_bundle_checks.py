@@ -12,8 +12,16 @@ from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_
 
 from _bundle_utils import BUNDLES, SMOKE, bundle_dir, small_meta
 
-REQUIRED = ("LICENSE", "docs/README.md", "configs/metadata.json", "configs/inference.json", "configs/train.json",
-            "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf")
+REQUIRED = (
+    "LICENSE",
+    "docs/README.md",
+    "configs/metadata.json",
+    "configs/inference.json",
+    "configs/train.json",
+    "configs/evaluate.json",
+    "configs/multi_gpu_train.json",
+    "configs/logging.conf",
+)
 
 
 @pytest.mark.parametrize("name", BUNDLES)
@@ -87,11 +95,19 @@ def test_net_in_out_and_export(name, tmp_path):
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
     ts = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(ckpt), meta_file=str(meta),
-                config_file=config, use_trace=True, input_shape=[1, 1, *spec.roi],
-                # torch's trace self-check re-traces and compares graphs, which fails on Swin's cached window masks;
-                # the outputs are compared below instead
-                converter_kwargs={"check_trace": False}, **override)
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(ckpt),
+        meta_file=str(meta),
+        config_file=config,
+        use_trace=True,
+        input_shape=[1, 1, *spec.roi],
+        # torch's trace self-check re-traces and compares graphs, which fails on Swin's cached window masks;
+        # the outputs are compared below instead
+        converter_kwargs={"check_trace": False},
+        **override,
+    )
     assert ts.is_file()
     scripted = torch.jit.load(str(ts))
     x = torch.randn(1, 1, *spec.roi)
@@ -109,10 +125,26 @@ def test_inference_from_another_cwd(tmp_path, shared_data):
     root = bundle_dir(name)
     case = shared_data / "Task04_Hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.json"),
-           "--output_dir", str(out), "--datalist", f"$[{{'image': '{case}'}}]"]
-    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(root / "configs" / "inference.json"),
+        "--output_dir",
+        str(out),
+        "--datalist",
+        f"$[{{'image': '{case}'}}]",
+    ]
+    res = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     import nibabel as nib
 

@@ -20,9 +20,10 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from _bundle_utils import SMOKE, bundle_dir, write_cases
 from pipeline.paths import BUNDLES_DIR
 from pipeline.training.bundle import MissingWeightsExit, require_weights
+
+from _bundle_utils import SMOKE, bundle_dir, write_cases
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 EXPR = "$not pipeline.training.bundle.require_weights(@ckpt_path, @allow_untrained)"
@@ -94,8 +95,19 @@ def _copy_without_weights(tmp_path: Path) -> Path:
 
 
 def _run(root: Path, case: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.json"),
-           "--output_dir", str(out), "--datalist", f"$[{{'image': '{case}'}}]", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(root / "configs" / "inference.json"),
+        "--output_dir",
+        str(out),
+        "--datalist",
+        f"$[{{'image': '{case}'}}]",
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=root.parent, capture_output=True, text=True, timeout=300, env=ENV)
 
 
@@ -110,9 +122,11 @@ def test_monai_bundle_run_refuses_without_weights(tmp_path):
     assert res.returncode == 4, res.stderr[-2000:]
     weights = root / "models" / "model.pt"
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {weights}: no trained weights (file not found): the bundle would run with a randomly "
-                      f"initialised network. Train it (medseg train --bundle {root}), pass the weights with "
-                      "--ckpt_path FILE, or add --allow_untrained true for a smoke test"]
+    assert errors == [
+        f"error: {weights}: no trained weights (file not found): the bundle would run with a randomly "
+        f"initialised network. Train it (medseg train --bundle {root}), pass the weights with "
+        "--ckpt_path FILE, or add --allow_untrained true for a smoke test"
+    ]
     assert res.stderr.rstrip().splitlines()[-1] == errors[0]
     assert "Traceback" not in res.stderr
     assert not out.exists() or not any(out.iterdir())

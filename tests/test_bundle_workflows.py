@@ -57,8 +57,14 @@ def test_train_evaluate_infer(name, tmp_path):
     assert all(np.isfinite(r.get("loss", r.get("epoch_loss"))) for r in log)
 
     # evaluate: [train.json, evaluate.json], metrics in the original image space, predictions saved
-    _run(ConfigWorkflow(config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
-                        workflow_type="train", save_predictions=True, **common))
+    _run(
+        ConfigWorkflow(
+            config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
+            workflow_type="train",
+            save_predictions=True,
+            **common,
+        )
+    )
     with open(tmp_path / "eval" / "metrics.csv") as f:
         rows = dict(csv.reader(f))
     assert 0.0 <= float(rows["val_mean_dice"]) <= 1.0
@@ -66,8 +72,14 @@ def test_train_evaluate_infer(name, tmp_path):
     assert saved.shape == spec.shape
 
     # infer: sliding window, inverted to the input grid, uint8 labels
-    infer = {**spec.overrides(), "dataset_dir": str(tmp_path / "data"), "datalist": [{"image": items[2]["image"]}],
-             "output_dir": str(tmp_path / "infer"), "ckpt_path": str(weights), "device": "$torch.device('cpu')"}
+    infer = {
+        **spec.overrides(),
+        "dataset_dir": str(tmp_path / "data"),
+        "datalist": [{"image": items[2]["image"]}],
+        "output_dir": str(tmp_path / "infer"),
+        "ckpt_path": str(weights),
+        "device": "$torch.device('cpu')",
+    }
     _run(ConfigWorkflow(config_file=str(configs / "inference.json"), workflow_type="infer", **infer))
     out = nib.load(str(tmp_path / "infer" / "case002_img.nii.gz"))
     src = nib.load(items[2]["image"])

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _data_utils import LPS_AFFINE, build_corrupted_msd, write_nifti
 
 from pipeline.data.check import check_case, check_dataset, format_problems, format_table, grid_difference
+
+from _data_utils import LPS_AFFINE, build_corrupted_msd, write_nifti
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _data_utils import write_json, write_nifti
 
 from pipeline.data.fingerprint import compute_fingerprint, write_fingerprint
 from pipeline.errors import InputDataError
+
+from _data_utils import write_json, write_nifti
 
 
 def _dataset(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
@@ -28,8 +29,14 @@ def _dataset(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray
         write_nifti(root / "imagesTr" / f"fp_{i}.nii.gz", img, aff)
         write_nifti(root / "labelsTr" / f"fp_{i}.nii.gz", lab, aff)
         entries.append({"image": f"./imagesTr/fp_{i}.nii.gz", "label": f"./labelsTr/fp_{i}.nii.gz"})
-    write_json(root / "dataset.json", {"modality": {"0": "CT"}, "training": entries,
-                                       "labels": {"0": "background", "1": "organ", "2": "dot", "3": "never"}})
+    write_json(
+        root / "dataset.json",
+        {
+            "modality": {"0": "CT"},
+            "training": entries,
+            "labels": {"0": "background", "1": "organ", "2": "dot", "3": "never"},
+        },
+    )
     return root, np.concatenate(fg_values)
 
 
@@ -42,8 +49,9 @@ def test_fingerprint_values(tmp_path: Path, rng: np.random.Generator) -> None:
     assert st["n_voxels"] == fg.size == 3 * (3 * 4 * 3 + 1)
     np.testing.assert_allclose(st["mean"], fg.astype(np.float64).mean(), rtol=1e-6)
     np.testing.assert_allclose(st["std"], fg.astype(np.float64).std(), rtol=1e-5)
-    np.testing.assert_allclose([st["percentile_00_5"], st["percentile_99_5"]],
-                               np.percentile(fg.astype(np.float64), [0.5, 99.5]), rtol=1e-5)
+    np.testing.assert_allclose(
+        [st["percentile_00_5"], st["percentile_99_5"]], np.percentile(fg.astype(np.float64), [0.5, 99.5]), rtol=1e-5
+    )
     assert fp["class_voxel_counts"] == {"0": 3 * (8 * 9 * 6 - 37), "1": 108, "2": 3, "3": 0}
     assert fp["class_case_counts"]["2"] == 3 and fp["class_case_counts"]["3"] == 0
     assert fp["normalisation"]["nnunet_ct"]["mean"] == st["mean"]

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from _data_utils import LPS_AFFINE, write_nifti
 
 from pipeline.data.inputs import list_inference_inputs
 from pipeline.data.io import SimpleITKReader, case_name, image_suffix, load_volume
 from pipeline.errors import InputDataError
+
+from _data_utils import LPS_AFFINE, write_nifti
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])

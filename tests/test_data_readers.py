@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _data_utils import SAMED_RAW_TO_TU, build_nnunet_v2, build_transunet, link, write_json, write_nifti
 
 from pipeline.data.readers import (
     case_number,
@@ -17,6 +16,8 @@ from pipeline.data.readers import (
     read_dataset,
 )
 from pipeline.errors import InputDataError, UsageError
+
+from _data_utils import SAMED_RAW_TO_TU, build_nnunet_v2, build_transunet, link, write_json, write_nifti
 
 # ----------------------------------------------------------------------------------------------------- synthetic MSD
 
@@ -28,13 +29,23 @@ def _msd(tmp_path: Path, rng: np.random.Generator, *, four_d: bool = False) -> P
         write_nifti(root / "imagesTr" / f"{case}.nii.gz", rng.random(shape).astype(np.float32))
         write_nifti(root / "labelsTr" / f"{case}.nii.gz", rng.integers(0, 3, shape[:3]).astype(np.uint8))
     write_nifti(root / "imagesTs" / "toy_101.nii.gz", rng.random(shape).astype(np.float32))
-    write_json(root / "dataset.json", {
-        "name": "Toy", "relase": "1.0 04/05/2018", "tensorImageSize": "4D" if four_d else "3D",
-        "modality": {"0": "FLAIR", "1": "T1w"} if four_d else {"0": "MRI"},
-        "labels": {"0": "background", "1": "a", "2": "b"}, "numTraining": 2, "numTest": 1,
-        "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz", "fold": i}
-                     for i, c in enumerate(("toy_001", "toy_002"))],
-        "test": ["./imagesTs/toy_101.nii.gz"]})
+    write_json(
+        root / "dataset.json",
+        {
+            "name": "Toy",
+            "relase": "1.0 04/05/2018",
+            "tensorImageSize": "4D" if four_d else "3D",
+            "modality": {"0": "FLAIR", "1": "T1w"} if four_d else {"0": "MRI"},
+            "labels": {"0": "background", "1": "a", "2": "b"},
+            "numTraining": 2,
+            "numTest": 1,
+            "training": [
+                {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz", "fold": i}
+                for i, c in enumerate(("toy_001", "toy_002"))
+            ],
+            "test": ["./imagesTs/toy_101.nii.gz"],
+        },
+    )
     return root
 
 
@@ -76,9 +87,15 @@ def test_nnunet_v1_channel_files(tmp_path: Path, rng: np.random.Generator) -> No
     for ch in range(2):
         write_nifti(root / "imagesTr" / f"two_001_{ch:04d}.nii.gz", rng.random((4, 4, 4)).astype(np.float32))
     write_nifti(root / "labelsTr" / "two_001.nii.gz", np.zeros((4, 4, 4), np.uint8))
-    write_json(root / "dataset.json", {"modality": {"0": "T1", "1": "T2"}, "labels": {"0": "background", "1": "x"},
-                                       "training": [{"image": "./imagesTr/two_001.nii.gz",
-                                                     "label": "./labelsTr/two_001.nii.gz"}], "test": []})
+    write_json(
+        root / "dataset.json",
+        {
+            "modality": {"0": "T1", "1": "T2"},
+            "labels": {"0": "background", "1": "x"},
+            "training": [{"image": "./imagesTr/two_001.nii.gz", "label": "./labelsTr/two_001.nii.gz"}],
+            "test": [],
+        },
+    )
     info = read_dataset(root)
     assert info.layout == "nnunet_v1"
     assert info.splits["training"][0]["image"] == [str(root / f"imagesTr/two_001_{c:04d}.nii.gz") for c in range(2)]
@@ -88,16 +105,23 @@ def test_nnunet_v1_channel_files(tmp_path: Path, rng: np.random.Generator) -> No
 
 
 def test_real_layouts(shared_data: Path) -> None:
-    expect = {"Task04_Hippocampus": ("msd", 200, "MRI"), "STS_CT": ("msd", 24, "CT"), "BTCV_like": ("btcv", 2, "CT"),
-              "Synapse_like": ("synapse_raw", 2, "CT"), "Task06_Lung_sample": ("msd", 2, "CT")}
+    expect = {
+        "Task04_Hippocampus": ("msd", 200, "MRI"),
+        "STS_CT": ("msd", 24, "CT"),
+        "BTCV_like": ("btcv", 2, "CT"),
+        "Synapse_like": ("synapse_raw", 2, "CT"),
+        "Task06_Lung_sample": ("msd", 2, "CT"),
+    }
     for name, (layout, n, modality) in expect.items():
         info = read_dataset(shared_data / name)
         assert (info.layout, len(info.labelled_items()), info.modality) == (layout, n, modality), name
         for it in info.labelled_items():
             assert Path(it["image"]).is_file() and Path(it["label"]).is_file()
     btcv = read_dataset(shared_data / "BTCV_like")
-    assert {k: [it["case"] for it in v] for k, v in btcv.splits.items()} == {"training": ["img0001"],
-                                                                              "validation": ["img0002"]}
+    assert {k: [it["case"] for it in v] for k, v in btcv.splits.items()} == {
+        "training": ["img0001"],
+        "validation": ["img0002"],
+    }
     assert btcv.labels[13] == "lad" and len(btcv.labels) == 14
     syn = read_dataset(shared_data / "Synapse_like")
     assert [it["case"] for it in syn.splits["test"]] == ["img0001", "img0002"]  # both are Synapse test cases

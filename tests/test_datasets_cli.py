@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from _data_utils import build_corrupted_msd, build_transunet
 
 from pipeline.cli import main
+
+from _data_utils import build_corrupted_msd, build_transunet
 
 REAL = ["Task04_Hippocampus", "STS_CT", "BTCV_like", "Synapse_like", "Task06_Lung_sample", "BTCV_like/dicom"]
 
@@ -59,8 +60,18 @@ def test_fingerprint_cli(shared_data: Path, tmp_path: Path, capsys: pytest.Captu
 def test_derive_label_map_cli(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = build_transunet(shared_data, tmp_path / "Synapse", n_slices=1)
     out = tmp_path / "map.json"
-    code = main(["datasets", "derive-label-map", "--transunet", str(root), "--rawdata",
-                 str(shared_data / "Synapse_like/RawData"), "--out", str(out)])
+    code = main(
+        [
+            "datasets",
+            "derive-label-map",
+            "--transunet",
+            str(root),
+            "--rawdata",
+            str(shared_data / "Synapse_like/RawData"),
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and "| 5 | 6 | liver |" in text
     assert json.loads(out.read_text())["mapping"]["8"]["name"] == "pancreas"

@@ -84,8 +84,24 @@ def _read_csv(path: Path) -> list[dict]:
 def test_evaluate_command_end_to_end(btcv_preds, tmp_path, capsys):
     pred_dir, labels = btcv_preds
     out = tmp_path / "out"
-    rc = main(["evaluate", "--pred", str(pred_dir), "--label", str(labels), "--classes", "btcv13", "--out", str(out),
-               "--workers", "2", "--quiet", "--split", "BTCV_like training+validation"])
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pred_dir),
+            "--label",
+            str(labels),
+            "--classes",
+            "btcv13",
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--quiet",
+            "--split",
+            "BTCV_like training+validation",
+        ]
+    )
     assert rc == 0
     rows = _read_csv(out / "per_case.csv")
     assert list(rows[0])[:4] == ["case", "class", "dice", "hd95"]
@@ -127,8 +143,22 @@ def test_evaluate_command_end_to_end(btcv_preds, tmp_path, capsys):
 def test_legacy_protocol_report_has_banner_and_voxel_units(btcv_preds, tmp_path, capsys):
     pred_dir, labels = btcv_preds
     out = tmp_path / "legacy"
-    rc = main(["evaluate", "--pred", str(pred_dir), "--label", str(labels), "--protocol", "legacy_unetrpp",
-               "--out", str(out), "--workers", "1", "--quiet"])
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pred_dir),
+            "--label",
+            str(labels),
+            "--protocol",
+            "legacy_unetrpp",
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert "WARNING" in capsys.readouterr().err
     md = (out / "summary.md").read_text()
@@ -152,8 +182,22 @@ def test_bad_cases_are_reported_and_the_batch_carries_on(btcv_preds, tmp_path, c
     (pred_dir / "img0002.nii.gz").write_bytes(b"not a nifti file at all")
     img = nib.load(str(labels / "label0001.nii.gz"))
     shutil.copy(labels / "label0001.nii.gz", pred_dir / "label0001_copy.nii.gz")  # an extra prediction
-    rc = main(["evaluate", "--pred", str(pred_dir), "--label", str(labels), "--quiet", "--workers", "2",
-               "--classes", "1,2", "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pred_dir),
+            "--label",
+            str(labels),
+            "--quiet",
+            "--workers",
+            "2",
+            "--classes",
+            "1,2",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     bad = [ln for ln in err.splitlines() if ln.startswith("error:")]

@@ -22,8 +22,13 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric, compute_hausdorff
 def monai_hd95(pred: np.ndarray, gt: np.ndarray, spacing) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = compute_hausdorff_distance(torch.from_numpy(pred)[None, None], torch.from_numpy(gt)[None, None],
-                                         include_background=True, percentile=95, spacing=spacing)
+        out = compute_hausdorff_distance(
+            torch.from_numpy(pred)[None, None],
+            torch.from_numpy(gt)[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=spacing,
+        )
     return float(out.item())
 
 
@@ -87,7 +92,9 @@ def real_labels(shared_data):
     cases = []
     for path in (shared_data / "BTCV_like/labelsTr/label0002.nii.gz", shared_data / "STS_CT/labelsTr/sts_010.nii.gz"):
         img = nib.load(str(path))
-        cases.append((path.name, np.asanyarray(img.dataobj).astype(np.uint8), tuple(map(float, img.header.get_zooms()))))
+        cases.append(
+            (path.name, np.asanyarray(img.dataobj).astype(np.uint8), tuple(map(float, img.header.get_zooms())))
+        )
     return cases
 
 
@@ -97,9 +104,13 @@ def test_real_label_pairs_match_monai_and_medpy(real_labels):
         organs = [6, 4, 11] if name.startswith("label") else [1]
         for organ in organs:
             for kind, pred in _perturbations(label, organ).items():
-                for sp in ((spacing, None) if name.startswith("label") else (spacing,)):  # STS: anisotropic mm
-                    rows = {r["class"]: r for r in evaluate_case(pred, label, sp, [organ],
-                                                                 get_protocol("strict", units="mm" if sp else "voxel"))}
+                for sp in (spacing, None) if name.startswith("label") else (spacing,):  # STS: anisotropic mm
+                    rows = {
+                        r["class"]: r
+                        for r in evaluate_case(
+                            pred, label, sp, [organ], get_protocol("strict", units="mm" if sp else "voxel")
+                        )
+                    }
                     p, g = pred == organ, label == organ
                     r = rows[organ]
                     if kind == "dropped":
@@ -161,12 +172,24 @@ def _edge_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # expected (dice, hd95) per protocol and edge case; "D"/"d" = image diagonal in mm/voxels, None = excluded
 GOLDEN = {
     "strict": {"both_empty": (None, None), "missed": (0.0, "D"), "spurious": (0.0, "D"), "single_voxel": (0.0, 6.0)},
-    "monai": {"both_empty": (math.nan, math.nan), "missed": (0.0, math.nan), "spurious": (math.nan, math.nan),
-              "single_voxel": (0.0, 6.0)},
-    "legacy_unetrpp": {"both_empty": (1.0, 0.0), "missed": (0.0, 0.0), "spurious": (0.0, 0.0),
-                       "single_voxel": (0.0, 2.0)},
-    "legacy_transunet": {"both_empty": (0.0, 0.0), "missed": (0.0, 0.0), "spurious": (1.0, 0.0),
-                         "single_voxel": (0.0, 2.0)},
+    "monai": {
+        "both_empty": (math.nan, math.nan),
+        "missed": (0.0, math.nan),
+        "spurious": (math.nan, math.nan),
+        "single_voxel": (0.0, 6.0),
+    },
+    "legacy_unetrpp": {
+        "both_empty": (1.0, 0.0),
+        "missed": (0.0, 0.0),
+        "spurious": (0.0, 0.0),
+        "single_voxel": (0.0, 2.0),
+    },
+    "legacy_transunet": {
+        "both_empty": (0.0, 0.0),
+        "missed": (0.0, 0.0),
+        "spurious": (1.0, 0.0),
+        "single_voxel": (0.0, 2.0),
+    },
 }
 
 
@@ -192,8 +215,11 @@ def test_protocol_goldens_on_edge_cases(protocol):
     pred, gt = cases["border"]
     row = evaluate_case(pred, gt, SPACING, [1], protocol)[0]
     sp = SPACING if proto.units == "mm" else None
-    ref = monai_hd95(pred == 1, gt == 1, sp) if proto.hd95_definition == "max_directed" else medpy_hd95(
-        pred == 1, gt == 1, sp)
+    ref = (
+        monai_hd95(pred == 1, gt == 1, sp)
+        if proto.hd95_definition == "max_directed"
+        else medpy_hd95(pred == 1, gt == 1, sp)
+    )
     assert rel(row["hd95"], ref) < 1e-6
     assert row["dice"] == pytest.approx(2 * row["tp"] / (row["n_gt"] + row["n_pred"]))
 
@@ -207,7 +233,8 @@ def test_monai_protocol_reproduces_monai_nan_behaviour():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
-                oh(pred), oh(gt), spacing=SPACING)[0, 0].item()
+                oh(pred), oh(gt), spacing=SPACING
+            )[0, 0].item()
             dc = DiceMetric(include_background=False, reduction="none")(oh(pred), oh(gt))[0, 0].item()
         row = evaluate_case(pred, gt, SPACING, [1], "monai")[0]
         assert math.isnan(hd) and math.isnan(row["hd95"]), name
@@ -230,8 +257,9 @@ def _transunet_reference(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float
     return 0.0, 0.0
 
 
-@pytest.mark.parametrize("protocol,reference", [("legacy_unetrpp", _nnformer_reference),
-                                                ("legacy_transunet", _transunet_reference)])
+@pytest.mark.parametrize(
+    "protocol,reference", [("legacy_unetrpp", _nnformer_reference), ("legacy_transunet", _transunet_reference)]
+)
 def test_legacy_protocols_match_the_published_scripts(protocol, reference, rng):
     cases = _edge_cases()
     gt = np.zeros((20, 18, 12), np.uint8)
@@ -271,10 +299,12 @@ def test_optional_metrics_assd_nsd_match_monai():
     pred[7:9, 0:2, 0:2] = 1
     row = evaluate_case(pred, label, SPACING, [1], metrics=("assd", "nsd"), nsd_tolerance=2.0)[0]
     t = lambda a: torch.from_numpy(a == 1)[None, None]  # noqa: E731
-    assd = compute_average_surface_distance(t(pred), t(label), include_background=True, symmetric=True,
-                                            spacing=SPACING).item()
-    nsd = compute_surface_dice(t(pred).float(), t(label).float(), class_thresholds=[2.0], include_background=True,
-                               spacing=SPACING).item()
+    assd = compute_average_surface_distance(
+        t(pred), t(label), include_background=True, symmetric=True, spacing=SPACING
+    ).item()
+    nsd = compute_surface_dice(
+        t(pred).float(), t(label).float(), class_thresholds=[2.0], include_background=True, spacing=SPACING
+    ).item()
     assert rel(row["assd"], assd) < 1e-6 and rel(row["nsd"], nsd) < 1e-6
 
 

@@ -16,7 +16,12 @@ from pipeline.errors import InputDataError, UsageError
 from pipeline.evaluation import evaluate_case
 from pipeline.evaluation.folders import evaluate_folders
 from pipeline.evaluation.space import (
-    TargetSpacing, parse_target_spacing, resample_nearest, spacing_from_preset, target_grid, to_target_space,
+    TargetSpacing,
+    parse_target_spacing,
+    resample_nearest,
+    spacing_from_preset,
+    target_grid,
+    to_target_space,
 )
 
 # Anisotropic source grid, flipped x/y axes (LPS-like storage, as many CT files): exercises the RAS <-> ITK LPS mapping.
@@ -110,8 +115,9 @@ def test_resampled_hd95_matches_an_independent_computation(tmp_path):
     save(tmp_path / "p" / "case1.nii.gz", pred, AFFINE)
     save(tmp_path / "l" / "case1.nii.gz", gt, AFFINE)
     orig = evaluate_folders(tmp_path / "p", tmp_path / "l", classes=[1], workers=1).rows[0]
-    res = evaluate_folders(tmp_path / "p", tmp_path / "l", classes=[1], workers=1, space="resampled",
-                           target_spacing=(1.0, 1.0, 2.0))
+    res = evaluate_folders(
+        tmp_path / "p", tmp_path / "l", classes=[1], workers=1, space="resampled", target_spacing=(1.0, 1.0, 2.0)
+    )
     row = res.rows[0]
     assert res.grids["case1"] == {"shape": [48, 48, 24], "spacing": [1.0, 1.0, 2.0]}
 
@@ -128,8 +134,15 @@ def test_resampled_hd95_matches_an_independent_computation(tmp_path):
     assert row["dice"] != pytest.approx(orig["dice"], abs=1e-4)
 
     # voxel units: voxels of the target grid
-    vox = evaluate_folders(tmp_path / "p", tmp_path / "l", "legacy_unetrpp", classes=[1], workers=1,
-                           space="resampled", target_spacing=target).rows[0]
+    vox = evaluate_folders(
+        tmp_path / "p",
+        tmp_path / "l",
+        "legacy_unetrpp",
+        classes=[1],
+        workers=1,
+        space="resampled",
+        target_spacing=target,
+    ).rows[0]
     assert vox["hd95"] == pytest.approx(evaluate_case(p_t, g_t, None, [1], "legacy_unetrpp")[0]["hd95"])
 
 
@@ -146,8 +159,13 @@ def test_prediction_on_target_grid_equals_prediction_on_original_grid(tmp_path):
         save(tmp_path / sub / "case1.nii.gz", array, aff)
     (tmp_path / "l").mkdir()
     save(tmp_path / "l" / "case1.nii.gz", gt, AFFINE)
-    kw = dict(classes=[1], workers=1, space="resampled", target_spacing=1.5 * np.array([1, 1, 2]),
-              metrics=("dice", "hd95", "assd"))
+    kw = dict(
+        classes=[1],
+        workers=1,
+        space="resampled",
+        target_spacing=1.5 * np.array([1, 1, 2]),
+        metrics=("dice", "hd95", "assd"),
+    )
     a = evaluate_folders(tmp_path / "orig", tmp_path / "l", **kw).rows[0]
     b = evaluate_folders(tmp_path / "target", tmp_path / "l", **kw).rows[0]
     assert a["n_pred"] > 0 and a == b
@@ -189,8 +207,11 @@ def three_cases(tmp_path):
     t_aff, t_shape = target_grid(AFFINE, SHAPE, (1.5, 1.5, 3.0))
     far = AFFINE.copy()
     far[:3, 3] += 500.0
-    for case, array, aff in (("case1", pred, AFFINE), ("case2", gt_and_pred(t_aff, t_shape)[1], t_aff),
-                             ("case3", pred, far)):
+    for case, array, aff in (
+        ("case1", pred, AFFINE),
+        ("case2", gt_and_pred(t_aff, t_shape)[1], t_aff),
+        ("case3", pred, far),
+    ):
         save(ldir / f"{case}.nii.gz", gt, AFFINE)
         save(pdir / f"{case}.nii.gz", array, aff)
     return pdir, ldir
@@ -199,16 +220,37 @@ def three_cases(tmp_path):
 def test_cli_resampled_reports_state_space_and_bad_case_fails_alone(three_cases, tmp_path, capsys):
     pdir, ldir = three_cases
     out = tmp_path / "out"
-    rc = main(["evaluate", "--pred", str(pdir), "--label", str(ldir), "--classes", "1", "--space", "resampled",
-               "--target-spacing", "1.5,1.5,3", "--out", str(out), "--workers", "2", "--quiet"])
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pdir),
+            "--label",
+            str(ldir),
+            "--classes",
+            "1",
+            "--space",
+            "resampled",
+            "--target-spacing",
+            "1.5,1.5,3",
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "case3.nii.gz" in errors[0] and "no overlap" in errors[0] and "Traceback" not in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["space"] == "resampled" and summary["units"] == "mm"
-    assert summary["target_spacing"] == {"spacing": [1.5, 1.5, 3.0], "frame": "array",
-                                         "source": "--target-spacing 1.5,1.5,3"}
+    assert summary["target_spacing"] == {
+        "spacing": [1.5, 1.5, 3.0],
+        "frame": "array",
+        "source": "--target-spacing 1.5,1.5,3",
+    }
     assert summary["cases"] == ["case1", "case2"] and summary["failed"][0]["case"] == "case3"
     assert summary["grids"]["case1"] == {"shape": [32, 32, 16], "spacing": [1.5, 1.5, 3.0]}
     assert any(h.startswith("space: resampled") and "1.5 x 1.5 x 3 mm" in h for h in summary["header"])
@@ -219,8 +261,25 @@ def test_cli_resampled_reports_state_space_and_bad_case_fails_alone(three_cases,
 
     # the default space is stated too, with per-case header spacing
     out2 = tmp_path / "orig"
-    assert main(["evaluate", "--pred", str(pdir), "--label", str(ldir), "--classes", "1", "--out", str(out2),
-                 "--workers", "1", "--quiet"]) == 1  # case2 (other shape) and case3 (other affine) fail
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(pdir),
+                "--label",
+                str(ldir),
+                "--classes",
+                "1",
+                "--out",
+                str(out2),
+                "--workers",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 1
+    )  # case2 (other shape) and case3 (other affine) fail
     s2 = json.loads((out2 / "summary.json").read_text())
     assert s2["space"] == "original" and s2["target_spacing"] is None
     assert s2["grids"]["case1"]["spacing"] == pytest.approx(list(SPACING))
@@ -232,8 +291,28 @@ def test_cli_preset_pixdim_equals_explicit_spacing(three_cases, tmp_path):
     shutil.move(str(pdir / "case3.nii.gz"), str(tmp_path / "case3.nii.gz"))
     shutil.move(str(ldir / "case3.nii.gz"), str(tmp_path / "label3.nii.gz"))
     for name, extra in (("a", ["--preprocessing", "ct_sts"]), ("b", ["--target-spacing", "2,2,3"])):
-        assert main(["evaluate", "--pred", str(pdir), "--label", str(ldir), "--classes", "1", "--space",
-                     "resampled", "--out", str(tmp_path / name), "--workers", "1", "--quiet", *extra]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--pred",
+                    str(pdir),
+                    "--label",
+                    str(ldir),
+                    "--classes",
+                    "1",
+                    "--space",
+                    "resampled",
+                    "--out",
+                    str(tmp_path / name),
+                    "--workers",
+                    "1",
+                    "--quiet",
+                    *extra,
+                ]
+            )
+            == 0
+        )
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
     b = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert a["target_spacing"]["source"] == "--preprocessing ct_sts" and a["target_spacing"]["frame"] == "RAS"
@@ -242,14 +321,17 @@ def test_cli_preset_pixdim_equals_explicit_spacing(three_cases, tmp_path):
     assert a["mean"] == b["mean"]
 
 
-@pytest.mark.parametrize("options, needle", [
-    (["--space", "resampled"], "--target-spacing X,Y,Z"),
-    (["--target-spacing", "1.5"], "only with --space resampled"),
-    (["--preprocessing", "ct_abdomen"], "only with --space resampled"),
-    (["--space", "resampled", "--target-spacing", "1", "--preprocessing", "ct_abdomen"], "both given"),
-    (["--space", "resampled", "--preprocessing", "ct_nnunet"], "no fixed target pixdim"),
-    (["--space", "resampled", "--target-spacing", "1,2"], "--target-spacing '1,2'"),
-])
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        (["--space", "resampled"], "--target-spacing X,Y,Z"),
+        (["--target-spacing", "1.5"], "only with --space resampled"),
+        (["--preprocessing", "ct_abdomen"], "only with --space resampled"),
+        (["--space", "resampled", "--target-spacing", "1", "--preprocessing", "ct_abdomen"], "both given"),
+        (["--space", "resampled", "--preprocessing", "ct_nnunet"], "no fixed target pixdim"),
+        (["--space", "resampled", "--target-spacing", "1,2"], "--target-spacing '1,2'"),
+    ],
+)
 def test_cli_usage_errors(three_cases, capsys, options, needle):
     pdir, ldir = three_cases
     rc = main(["evaluate", "--pred", str(pdir), "--label", str(ldir), "--quiet", *options])

@@ -15,7 +15,7 @@ from pipeline.cli import main
 from pipeline.paths import PROJECT_ROOT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _infer_utils import make_tiny_bundle  # noqa: E402
+from _infer_utils import make_tiny_bundle
 
 FAST = ["--quiet", "--overlap", "0.25", "--sw-batch-size", "4"]
 
@@ -27,8 +27,9 @@ def ct_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mri_bundle(tmp_path_factory) -> Path:
-    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny_mri", preset="mri_hippocampus", roi=(32, 32, 32),
-                            modality="MRI")
+    return make_tiny_bundle(
+        tmp_path_factory.mktemp("bundle") / "tiny_mri", preset="mri_hippocampus", roi=(32, 32, 32), modality="MRI"
+    )
 
 
 def _link_inputs(folder: Path, files) -> Path:
@@ -50,9 +51,14 @@ def _check_same_grid(src_shape, src_affine, out_file: Path) -> np.ndarray:
 
 
 def _ct_images(shared: Path) -> list[Path]:
-    return sorted([*shared.glob("STS_CT/imagesTr/*.nii.gz"), *shared.glob("BTCV_like/imagesTr/*.nii.gz"),
-                   *shared.glob("Synapse_like/RawData/Training/img/*.nii.gz"),
-                   *shared.glob("Task06_Lung_sample/imagesTr/*.nii.gz")])
+    return sorted(
+        [
+            *shared.glob("STS_CT/imagesTr/*.nii.gz"),
+            *shared.glob("BTCV_like/imagesTr/*.nii.gz"),
+            *shared.glob("Synapse_like/RawData/Training/img/*.nii.gz"),
+            *shared.glob("Task06_Lung_sample/imagesTr/*.nii.gz"),
+        ]
+    )
 
 
 def test_every_real_ct_nifti_keeps_shape_and_affine(shared_data, ct_bundle, tmp_path):
@@ -78,8 +84,23 @@ def test_every_real_ct_nifti_keeps_shape_and_affine(shared_data, ct_bundle, tmp_
 def test_every_hippocampus_mri_keeps_shape_and_affine(shared_data, mri_bundle, tmp_path):
     folder = shared_data / "Task04_Hippocampus" / "imagesTr"
     out = tmp_path / "out"
-    assert main(["infer", "--model", str(mri_bundle), "--input", str(folder), "--output", str(out), *FAST,
-                 "--resample", "labels"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(mri_bundle),
+                "--input",
+                str(folder),
+                "--output",
+                str(out),
+                *FAST,
+                "--resample",
+                "labels",
+            ]
+        )
+        == 0
+    )
     images = sorted(folder.glob("*.nii.gz"))
     assert len(images) == 200
     for img in images:
@@ -94,8 +115,9 @@ def test_dicom_series_keeps_shape_and_affine(shared_data, ct_bundle, tmp_path):
     ref = load_volume(series)
     out = tmp_path / "out"
     for extra in ([], ["--streaming"], ["--skip-background", "auto", "--tta", "--overwrite"]):
-        assert main(["infer", "--model", str(ct_bundle), "--input", str(series), "--output", str(out), *FAST,
-                     *extra]) == 0
+        assert (
+            main(["infer", "--model", str(ct_bundle), "--input", str(series), "--output", str(out), *FAST, *extra]) == 0
+        )
         _check_same_grid(ref.shape[1:], np.asarray(ref.affine), out / "ct_series.nii.gz")
 
 
@@ -112,8 +134,7 @@ def test_modes_agree_on_a_real_ct(shared_data, ct_bundle, tmp_path):
     res = {}
     for name, extra in runs.items():
         out = tmp_path / name
-        assert main(["infer", "--model", str(ct_bundle), "--input", str(img), "--output", str(out), *FAST,
-                     *extra]) == 0
+        assert main(["infer", "--model", str(ct_bundle), "--input", str(img), "--output", str(out), *FAST, *extra]) == 0
         res[name] = np.asarray(nib.load(str(out / "img0002.nii.gz")).dataobj)
     assert np.array_equal(res["stream"], res["labels"])
     body = hu > -100  # well inside the body: windows covering it are never skipped
@@ -132,7 +153,8 @@ def test_failing_case_does_not_stop_the_batch_and_outputs_resume(shared_data, ct
     err = capsys.readouterr().err
     assert "broken" in err and "2 written" in err and "1 failed" in err
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{g.name[:-7]}.nii.gz" for g in good] + [f"{g.name[:-7]}.json" for g in good])  # no partial/temp files
+        [f"{g.name[:-7]}.nii.gz" for g in good] + [f"{g.name[:-7]}.json" for g in good]
+    )  # no partial/temp files
     first = out / good[0].name
     mtime = first.stat().st_mtime_ns
     (inp / "broken.nii.gz").unlink()
@@ -166,10 +188,36 @@ def test_bad_model_and_options_are_one_line_errors(tmp_path, capsys, ct_bundle, 
     (bad / "models" / "model.pt").write_bytes(b"garbage")
     assert main(["infer", "--model", str(bad), "--input", str(img), "--output", str(tmp_path / "o")]) == 4
     assert "model.pt" in capsys.readouterr().err
-    assert main(["infer", "--model", str(ct_bundle), "--input", str(tmp_path / "missing.nii.gz"),
-                 "--output", str(tmp_path / "o")]) == 3
-    assert main(["infer", "--model", str(ct_bundle), "--input", str(img), "--output", str(tmp_path / "o"),
-                 "--overlap", "1.5"]) == 2
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(ct_bundle),
+                "--input",
+                str(tmp_path / "missing.nii.gz"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 3
+    )
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                str(ct_bundle),
+                "--input",
+                str(img),
+                "--output",
+                str(tmp_path / "o"),
+                "--overlap",
+                "1.5",
+            ]
+        )
+        == 2
+    )
 
 
 def test_torchrun_two_processes_equal_single_process(shared_data, ct_bundle, tmp_path):
@@ -178,8 +226,24 @@ def test_torchrun_two_processes_equal_single_process(shared_data, ct_bundle, tmp
     single, multi = tmp_path / "single", tmp_path / "multi"
     assert main(["infer", "--model", str(ct_bundle), "--input", str(inp), "--output", str(single), *FAST]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipeline",
-           "infer", "--model", str(ct_bundle), "--input", str(inp), "--output", str(multi), *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pipeline",
+        "infer",
+        "--model",
+        str(ct_bundle),
+        "--input",
+        str(inp),
+        "--output",
+        str(multi),
+        *FAST,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ranks = set()

@@ -45,8 +45,9 @@ def test_streaming_labels_equal_straightforward_argmax(shape, roi, overlap, mode
     x = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = sliding_window_inference(x, roi, bs, net, overlap=overlap, mode=mode).argmax(1, keepdim=True)
-        engine = SlidingWindowEngine(roi, overlap=overlap, mode=mode, sw_batch_size=bs, stream_axis=axis,
-                                     stream_row_bytes=row_bytes)
+        engine = SlidingWindowEngine(
+            roi, overlap=overlap, mode=mode, sw_batch_size=bs, stream_axis=axis, stream_row_bytes=row_bytes
+        )
         streamed = engine.predict_labels(x, net, streaming=True)
         plain = engine.predict_labels(x, net, streaming=False)
     assert streamed.dtype == torch.uint8 and streamed.shape == ref.shape
@@ -81,8 +82,9 @@ def test_window_skipping_is_identical_on_the_body(streaming, how):
     x = _body_phantom()
     body = x[0, 0] > 0
     full = SlidingWindowEngine((16, 16, 16), overlap=0.5, sw_batch_size=1)
-    skip = SlidingWindowEngine((16, 16, 16), overlap=0.5, sw_batch_size=1,
-                               skip_below=0.0 if how == "threshold" else None)
+    skip = SlidingWindowEngine(
+        (16, 16, 16), overlap=0.5, sw_batch_size=1, skip_below=0.0 if how == "threshold" else None
+    )
     kw = {"foreground": body} if how == "mask" else {}
     with torch.no_grad():
         ref_logits = full(x, net)
@@ -122,8 +124,7 @@ def test_mirror_tta_logits_mode_equals_averaging_flipped_runs():
     engine = SlidingWindowEngine((16, 16, 16), overlap=0.5)
     with torch.no_grad():
         tta = engine(x, MirrorTTA(net, average="logits"))
-        manual = sum(torch.flip(engine(torch.flip(x, f), net), f) if f else engine(x, net)
-                     for f in mirror_flips(3)) / 8
+        manual = sum(torch.flip(engine(torch.flip(x, f), net), f) if f else engine(x, net) for f in mirror_flips(3)) / 8
         batched = engine(x, MirrorTTA(net, batch_flips=True, average="logits"))
         plain = engine(x, net)
     assert torch.allclose(tta, manual, atol=1e-5)
@@ -203,8 +204,9 @@ def test_streaming_rows_carry_and_gaps_equal_monai():
     with torch.no_grad():
         ref = sliding_window_inference(x, (12, 10, 8), 3, net, overlap=0.6, mode="gaussian")
         for axis, row_bytes in ((0, 0), (None, 0), (0, 2**30)):
-            engine = SlidingWindowEngine((12, 10, 8), overlap=0.6, sw_batch_size=3, mode="gaussian", stream_axis=axis,
-                                         stream_row_bytes=row_bytes)
+            engine = SlidingWindowEngine(
+                (12, 10, 8), overlap=0.6, sw_batch_size=3, mode="gaussian", stream_axis=axis, stream_row_bytes=row_bytes
+            )
             out = engine.predict_labels(x, cl_net, streaming=True)
             assert torch.equal(out.long(), ref.argmax(1, keepdim=True))
             assert torch.equal(engine.predict_labels(x, net, streaming=True), out)
@@ -229,5 +231,6 @@ def test_streaming_rows_carry_and_gaps_equal_monai():
     with torch.no_grad():
         ref2d = sliding_window_inference(z, (8, 8), 2, net2d, overlap=0.5, mode="gaussian").argmax(1, keepdim=True)
         got2d = SlidingWindowEngine((8, 8), overlap=0.5, sw_batch_size=2, stream_row_bytes=0).predict_labels(
-            z, net2d, streaming=True)
+            z, net2d, streaming=True
+        )
     assert torch.equal(got2d.long(), ref2d)

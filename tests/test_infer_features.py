@@ -33,8 +33,13 @@ def _tiny_conv(in_channels: int = 1, out_channels: int = 3) -> nn.Module:
 
 
 for _c in (2, 3, 6, 300):
-    register_preset(f"test_conv{_c}", _tiny_conv, {"out_channels": _c}, roi_size=(32, 32, 16),
-                    description=f"test-only 1x1x1 conv, {_c} classes")
+    register_preset(
+        f"test_conv{_c}",
+        _tiny_conv,
+        {"out_channels": _c},
+        roi_size=(32, 32, 16),
+        description=f"test-only 1x1x1 conv, {_c} classes",
+    )
 
 
 def _weights(path: Path, weight, bias) -> Path:
@@ -62,8 +67,23 @@ def _save(volume: np.ndarray, affine: np.ndarray, path: Path) -> Path:
 
 
 def _infer(model: str, ckpt: Path, inp: Path, out: Path, *extra: str, preprocessing: str = "ct_abdomen") -> int:
-    return main(["infer", "--model", model, "--checkpoint", str(ckpt), "--preprocessing", preprocessing,
-                 "--input", str(inp), "--output", str(out), *QUIET, *extra])
+    return main(
+        [
+            "infer",
+            "--model",
+            model,
+            "--checkpoint",
+            str(ckpt),
+            "--preprocessing",
+            preprocessing,
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            *QUIET,
+            *extra,
+        ]
+    )
 
 
 def _labels(path: Path) -> np.ndarray:
@@ -153,10 +173,10 @@ THREE_CLASS = ([0.0, 20.0, 40.0], [0.0, -6.0, -20.0])
 def _two_blobs_per_class() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     hu = np.full((40, 36, 14), -500.0)
     full = np.zeros(hu.shape, np.uint8)
-    full[3:10, 3:10, 2:7] = 1      # class 1, large
-    full[20:23, 3:6, 2:4] = 1      # class 1, small
-    full[3:9, 20:26, 7:12] = 2     # class 2, large
-    full[30:32, 28:30, 9:11] = 2   # class 2, small
+    full[3:10, 3:10, 2:7] = 1  # class 1, large
+    full[20:23, 3:6, 2:4] = 1  # class 1, small
+    full[3:9, 20:26, 7:12] = 2  # class 2, large
+    full[30:32, 28:30, 9:11] = 2  # class 2, small
     hu[full == 1] = 40.0
     hu[full == 2] = 250.0
     largest = full.copy()
@@ -262,8 +282,9 @@ def test_folder_of_dicom_series(shared_data, tmp_path):
         assert out.shape == tuple(ref.shape[1:]) and np.allclose(out.affine, np.asarray(ref.affine), atol=1e-4)
     assert nib.load(str(tmp_path / "out" / "part.nii.gz")).shape[2] == 12
     assert _infer("test_conv3", ckpt, series, tmp_path / "alone", *fast) == 0
-    np.testing.assert_array_equal(_labels(tmp_path / "out" / "full.nii.gz"),
-                                  _labels(tmp_path / "alone" / "ct_series.nii.gz"))
+    np.testing.assert_array_equal(
+        _labels(tmp_path / "out" / "full.nii.gz"), _labels(tmp_path / "alone" / "ct_series.nii.gz")
+    )
 
 
 # --- --skip-background zero -----------------------------------------------------------------------------------------
@@ -279,8 +300,19 @@ def test_skip_background_zero_skips_empty_windows_and_labels_them_background(tmp
     ckpt = _weights(tmp_path / "w.pt", [0.0, 0.0], [0.0, 5.0])
     common = ["--roi", "16", "16", "16"]
     assert _infer("test_conv2", ckpt, img, tmp_path / "all", *common, preprocessing="mri_hippocampus") == 0
-    assert _infer("test_conv2", ckpt, img, tmp_path / "skip", *common, "--skip-background", "zero",
-                  preprocessing="mri_hippocampus") == 0
+    assert (
+        _infer(
+            "test_conv2",
+            ckpt,
+            img,
+            tmp_path / "skip",
+            *common,
+            "--skip-background",
+            "zero",
+            preprocessing="mri_hippocampus",
+        )
+        == 0
+    )
     everything = _sidecar(tmp_path / "all" / "mr.json")["windows"]
     skipped = _sidecar(tmp_path / "skip" / "mr.json")
     assert skipped["settings"]["skip_criterion"] == "zero"
@@ -305,10 +337,17 @@ def test_stitch_device_gives_the_default_result(tmp_path):
     for net_dev, stitch_dev in devices:
         ref, got = tmp_path / f"ref_{net_dev}", tmp_path / f"stitch_{net_dev}"
         assert _infer("test_conv6", ckpt, img, ref, "--device", net_dev, "--save-probabilities") == 0
-        assert _infer("test_conv6", ckpt, img, got, "--device", net_dev, "--stitch-device", stitch_dev,
-                      "--save-probabilities") == 0
+        assert (
+            _infer(
+                "test_conv6", ckpt, img, got, "--device", net_dev, "--stitch-device", stitch_dev, "--save-probabilities"
+            )
+            == 0
+        )
         assert _sidecar(got / "ct.json")["settings"]["device"] == stitch_dev
         assert _sidecar(ref / "ct.json")["settings"]["device"] is None
         np.testing.assert_array_equal(_labels(got / "ct.nii.gz"), _labels(ref / "ct.nii.gz"))
-        np.testing.assert_allclose(np.asarray(nib.load(str(got / "ct_probabilities.nii.gz")).dataobj),
-                                   np.asarray(nib.load(str(ref / "ct_probabilities.nii.gz")).dataobj), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(nib.load(str(got / "ct_probabilities.nii.gz")).dataobj),
+            np.asarray(nib.load(str(ref / "ct_probabilities.nii.gz")).dataobj),
+            atol=1e-6,
+        )

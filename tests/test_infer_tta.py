@@ -37,8 +37,18 @@ def test_bad_mirror_axes_in_bundle_is_one_line_model_error(tmp_path, capsys):
     (bundle / "models" / "model.pt").symlink_to(HIPPO / "models" / "model.pt")
     if not (HIPPO / "models" / "model.pt").is_file():
         pytest.skip("the hippocampus weights are absent")
-    rc = main(["infer", "--model", str(bundle), "--input", str(tmp_path / "none.nii.gz"), "--output",
-               str(tmp_path / "o"), "--quiet"])
+    rc = main(
+        [
+            "infer",
+            "--model",
+            str(bundle),
+            "--input",
+            str(tmp_path / "none.nii.gz"),
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc in (3, 4) and len(err) == 1 and err[0].startswith("error:")
     assert rc == 3 or "tta_mirror_axes" in err[0]
@@ -48,8 +58,18 @@ def test_bad_mirror_axes_in_bundle_is_one_line_model_error(tmp_path, capsys):
 def test_bad_tta_axes_option_exits_2(tmp_path, value, capsys):
     img = tmp_path / "img.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), img)
-    argv = ["infer", "--model", str(HIPPO), "--input", str(img), "--output", str(tmp_path / "o"), "--tta",
-            "--tta-axes", value]
+    argv = [
+        "infer",
+        "--model",
+        str(HIPPO),
+        "--input",
+        str(img),
+        "--output",
+        str(tmp_path / "o"),
+        "--tta",
+        "--tta-axes",
+        value,
+    ]
     try:
         rc = main(argv)
     except SystemExit as exc:  # argparse's own errors
@@ -70,8 +90,9 @@ def test_tta_on_the_trained_hippocampus_model(tmp_path, shared_data):
 
     def run(name: str, *extra: str) -> tuple[float, dict]:
         out = tmp_path / name
-        assert main(["infer", "--model", str(HIPPO), "--input", str(image), "--output", str(out), "--quiet",
-                     *extra]) == 0
+        assert (
+            main(["infer", "--model", str(HIPPO), "--input", str(image), "--output", str(out), "--quiet", *extra]) == 0
+        )
         pred = np.asarray(nib.load(out / f"{case}.nii.gz").dataobj).astype(np.uint8)
         rows = evaluate_case(pred, label, spacing, {1: "anterior", 2: "posterior"}, protocol="strict")
         return float(np.mean([r["dice"] for r in rows])), json.loads((out / f"{case}.json").read_text())

@@ -17,9 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bad_inputs_utils import cli, make_bundle  # noqa: E402
+from _bad_inputs_utils import cli, make_bundle
 
 MAIN_UID, SCOUT_UID = "1.2.3.1", "1.2.3.2"
 
@@ -97,8 +96,10 @@ def test_infer_reports_missing_slice_and_series_choice(bundle, series_folders, t
     assert "the largest 4 mm between slices 10 and 11" in gap_lines[0] and "1 missing slice?" in gap_lines[0]
     two_lines = [ln for ln in err.splitlines() if ln.startswith(f"warning: case two: {series_folders / 'two'}: ")]
     assert len(two_lines) == 1, err
-    assert (f'2 DICOM series in this folder: read {MAIN_UID} (20 slices, "CT Body 3.0"), the one with the most '
-            f'slices; not read: {SCOUT_UID} (5 slices, "scout"); choose one with --series-uid UID') in two_lines[0]
+    assert (
+        f'2 DICOM series in this folder: read {MAIN_UID} (20 slices, "CT Body 3.0"), the one with the most '
+        f'slices; not read: {SCOUT_UID} (5 slices, "scout"); choose one with --series-uid UID'
+    ) in two_lines[0]
 
     gap = _sidecar(out, "gap")
     assert gap["slices"] == 19 and gap["selected_by"] == "only series" and gap["uniform_slice_spacing"] is False
@@ -115,8 +116,19 @@ def test_infer_reports_missing_slice_and_series_choice(bundle, series_folders, t
 
 def test_infer_series_uid_picks_the_series(bundle, series_folders, tmp_path, capfd):
     out = tmp_path / "out"
-    rc, _, err = cli(capfd, "infer", "--model", bundle, "--input", series_folders / "two", "--output", out,
-                     "--series-uid", SCOUT_UID, "--quiet")
+    rc, _, err = cli(
+        capfd,
+        "infer",
+        "--model",
+        bundle,
+        "--input",
+        series_folders / "two",
+        "--output",
+        out,
+        "--series-uid",
+        SCOUT_UID,
+        "--quiet",
+    )
     assert rc == 0, err
     assert "2 DICOM series" not in err
     two = _sidecar(out, "two")
@@ -126,15 +138,27 @@ def test_infer_series_uid_picks_the_series(bundle, series_folders, tmp_path, cap
     assert json.loads((out / "two.json").read_text())["settings"]["series_uids"] == [SCOUT_UID]
 
 
-def test_infer_series_uid_absent_from_a_multi_series_folder_fails_that_case(bundle, series_folders, tmp_path,
-                                                                              capfd):
+def test_infer_series_uid_absent_from_a_multi_series_folder_fails_that_case(bundle, series_folders, tmp_path, capfd):
     out = tmp_path / "out"
-    rc, _, err = cli(capfd, "infer", "--model", bundle, "--input", series_folders, "--output", out,
-                     "--series-uid", "9.9.9", "--quiet")
+    rc, _, err = cli(
+        capfd,
+        "infer",
+        "--model",
+        bundle,
+        "--input",
+        series_folders,
+        "--output",
+        out,
+        "--series-uid",
+        "9.9.9",
+        "--quiet",
+    )
     assert rc == 1 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert lines == [f"error: case two: {series_folders / 'two'}: DICOM series '9.9.9' (--series-uid) not in this "
-                     f'folder of 2 series: {MAIN_UID} (20 slices, "CT Body 3.0"); {SCOUT_UID} (5 slices, "scout")'], err
+    assert lines == [
+        f"error: case two: {series_folders / 'two'}: DICOM series '9.9.9' (--series-uid) not in this "
+        f'folder of 2 series: {MAIN_UID} (20 slices, "CT Body 3.0"); {SCOUT_UID} (5 slices, "scout")'
+    ], err
     assert (out / "gap.nii.gz").is_file()  # a folder of one series is read as is: the batch carries on
 
 
@@ -163,9 +187,11 @@ def test_infer_truncated_slice_is_named_and_odd_sized_slice_fails_the_case(bundl
     mixed = broken_series / "mixed"
     odd = sorted(p.name for p in mixed.iterdir())[4]
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert errors == [f'error: case mixed: {mixed}: DICOM series (empty SeriesInstanceUID) (20 slices, "CT Body 3.0") '
-                      f"unreadable: slices differ in size: {odd} is 256x256, the other 19 are 512x512 (columns x "
-                      "rows); export the series again"], err
+    assert errors == [
+        f'error: case mixed: {mixed}: DICOM series (empty SeriesInstanceUID) (20 slices, "CT Body 3.0") '
+        f"unreadable: slices differ in size: {odd} is 256x256, the other 19 are 512x512 (columns x "
+        "rows); export the series again"
+    ], err
     piped = _sidecar(out, "piped")
     assert piped["slices"] == 20 and piped["uniform_slice_spacing"] is True
     assert piped["files_in_no_series"] == ["loop (link loop)", "pipe (a named pipe (FIFO))"]

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from nibabel.volumeutils import shape_zoom_affine
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bad_inputs_utils import (  # noqa: E402
+from _bad_inputs_utils import (
     AFFINE,
     SHAPE,
     SPACING,
@@ -60,8 +59,10 @@ def test_infer_no_orientation_uses_pixdim_warns_and_records_it(bundle, tmp_path,
     assert rc == 0, err
     lines = _warning_lines(err, bare)
     assert len(lines) == 1 and lines[0].startswith("warning: case bare: "), err
-    assert "no orientation in the header (qform_code = sform_code = 0): used the pixdim voxel size 1.5x1.5x2 mm" \
+    assert (
+        "no orientation in the header (qform_code = sform_code = 0): used the pixdim voxel size 1.5x1.5x2 mm"
         in lines[0]
+    )
     assert "pixdim[1,2,3]" not in err  # nibabel's own line, which names no file, is not printed
     side = json.loads((out / "bare.json").read_text())["input_report"]
     assert side["geometry_source"] == "pixdim" and side["spacing_mm"] == [1.5, 1.5, 2.0]
@@ -69,8 +70,9 @@ def test_infer_no_orientation_uses_pixdim_warns_and_records_it(bundle, tmp_path,
     pred = nib.load(str(out / "bare.nii.gz"))
     assert int(pred.header["qform_code"]) == 0 and int(pred.header["sform_code"]) == 0
     assert np.allclose(pred.affine, METHOD1_AFFINE)
-    rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", explicit, "--output", tmp_path / "ref_out",
-                     "--quiet")
+    rc, _, err = cli(
+        capsys, "infer", "--model", bundle, "--input", explicit, "--output", tmp_path / "ref_out", "--quiet"
+    )
     assert rc == 0 and not _warning_lines(err, explicit), err
     ref = np.asarray(nib.load(str(tmp_path / "ref_out" / "explicit.nii.gz")).dataobj)
     assert np.array_equal(np.asarray(pred.dataobj), ref)  # exactly the segmentation of the coded equivalent
@@ -86,14 +88,20 @@ def test_infer_nan_sform_falls_back_to_qform_with_a_warning(bundle, tmp_path, ca
     rc, _, err = cli(capsys, "infer", "--model", bundle, "--input", inp, "--output", out, "--quiet")
     assert rc == 0, err
     lines = _warning_lines(err, bad)
-    assert len(lines) == 1 and "the sform (sform_code 1) has NaN/Inf entries; used the qform instead (spacing " \
-        "1.5x1.5x2 mm)" in lines[0], err
+    assert (
+        len(lines) == 1
+        and "the sform (sform_code 1) has NaN/Inf entries; used the qform instead (spacing 1.5x1.5x2 mm)" in lines[0]
+    ), err
     assert not _warning_lines(err, inp / "good.nii.gz")
     report = json.loads((out / "nansform.json").read_text())["input_report"]
     assert report["geometry_source"] == "qform"
     assert json.loads((out / "good.json").read_text())["input_report"] == {
-        "format": "nifti", "geometry_source": "sform", "spacing_mm": [1.5, 1.5, 2.0], "geometry_warning": None,
-        "warnings": []}
+        "format": "nifti",
+        "geometry_source": "sform",
+        "spacing_mm": [1.5, 1.5, 2.0],
+        "geometry_warning": None,
+        "warnings": [],
+    }
     a, b = (nib.load(str(out / f"{c}.nii.gz")) for c in ("nansform", "good"))
     assert np.allclose(a.affine, AFFINE) and np.isfinite(a.affine).all()
     assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
@@ -114,8 +122,21 @@ def test_zero_pixdim_with_a_valid_sform_is_fine_everywhere(bundle, tmp_path, cap
     shifted = np.zeros_like(label)
     shifted[:, :, 1:] = label[:, :, :-1]  # one slice off: HD95 is one slice thickness = 2 mm, not 1
     write_nifti(preds / "z.nii.gz", shifted)
-    rc, _, err = cli(capsys, "evaluate", "--pred", preds, "--label", labels, "--classes", "1,2", "--out",
-                     tmp_path / "rep", "--workers", "1", "--quiet")
+    rc, _, err = cli(
+        capsys,
+        "evaluate",
+        "--pred",
+        preds,
+        "--label",
+        labels,
+        "--classes",
+        "1,2",
+        "--out",
+        tmp_path / "rep",
+        "--workers",
+        "1",
+        "--quiet",
+    )
     assert rc == 0 and "warning" not in err, err
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert summary["grids"]["z"]["spacing"] == [1.5, 1.5, 2.0]
@@ -151,8 +172,21 @@ def test_evaluate_reads_labels_by_the_same_rule(tmp_path, capsys):
         write_nifti(labels / f"c{i}.nii.gz", label, METHOD1_AFFINE)
     raw_nifti(ct_case(1)[1], no_affine(SPACING))(labels / "c1.nii.gz")
     raw_nifti(ct_case(2)[1], no_affine([0, 0, 0]))(labels / "c2.nii.gz")
-    rc, _, err = cli(capsys, "evaluate", "--pred", preds, "--label", labels, "--classes", "1,2", "--out",
-                     tmp_path / "rep", "--workers", "1", "--quiet")
+    rc, _, err = cli(
+        capsys,
+        "evaluate",
+        "--pred",
+        preds,
+        "--label",
+        labels,
+        "--classes",
+        "1,2",
+        "--out",
+        tmp_path / "rep",
+        "--workers",
+        "1",
+        "--quiet",
+    )
     assert rc == 1 and "Traceback" not in err
     assert len(_warning_lines(err, labels / "c1.nii.gz")) == 1
     errors = [ln for ln in err.splitlines() if ln.startswith("error:") or ln.startswith("failed")]

@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-from _swin3d_utils import PRESET_NAMES, SMALL, SMALL_ROI
 from monai.bundle import ConfigParser
 
 from pipeline.networks import create_network, get_preset, list_networks
 from pipeline.networks.swin3d import SwinUnet3D
 from pipeline.networks.swin3d.presets import BTCV_ROI, SYNAPSE_ROI, preset_kwargs
+
+from _swin3d_utils import PRESET_NAMES, SMALL, SMALL_ROI
 
 
 def test_presets_are_registered_with_xyz_axes():

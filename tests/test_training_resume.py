@@ -108,19 +108,38 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
 
 
 #: each rank saves its network's parameters before and after training, to compare the ranks' weights
-_SAVE_PARAMS = ("$torch.save({n: p.detach().cpu().clone() for n, p in @network.module.named_parameters()}, "
-                "@train_dir + '/rank%d_WHEN.pt' % dist.get_rank())")
+_SAVE_PARAMS = (
+    "$torch.save({n: p.detach().cpu().clone() for n, p in @network.module.named_parameters()}, "
+    "@train_dir + '/rank%d_WHEN.pt' % dist.get_rank())"
+)
 
 
 def test_torchrun_two_process_gloo(tmp_path):
     items = write_cases(tmp_path / "data", SPEC, n=6)  # 4 training cases over 2 ranks, batch 2 -> 1 iteration
     cfg = _override_file(tmp_path, "ddp", items, epochs=2, val_interval=1, n_val=2)  # >= 1 validation case per rank
     override = json.loads(cfg.read_text())
-    override["run"] = [_SAVE_PARAMS.replace("WHEN", "before"), "$@train#trainer.run()",
-                       _SAVE_PARAMS.replace("WHEN", "after")]
+    override["run"] = [
+        _SAVE_PARAMS.replace("WHEN", "before"),
+        "$@train#trainer.run()",
+        _SAVE_PARAMS.replace("WHEN", "after"),
+    ]
     cfg.write_text(json.dumps(override))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-           "-m", "pipeline", "train", "--bundle", str(BUNDLE), "--multi-gpu", "--config", str(cfg)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "pipeline",
+        "train",
+        "--bundle",
+        str(BUNDLE),
+        "--multi-gpu",
+        "--config",
+        str(cfg),
+    ]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-4000:]
     runs = tmp_path / "ddp" / "runs"
@@ -134,8 +153,11 @@ def test_torchrun_two_process_gloo(tmp_path):
     assert (tmp_path / "ddp" / "models" / "model.pt").is_file()
     # the two ranks trained on different shards but hold identical weights after 2 steps (gradients all-reduced),
     # and those weights moved away from the common initialisation
-    params = {(rank, when): torch.load(runs / f"rank{rank}_{when}.pt", weights_only=True)
-              for rank in (0, 1) for when in ("before", "after")}
+    params = {
+        (rank, when): torch.load(runs / f"rank{rank}_{when}.pt", weights_only=True)
+        for rank in (0, 1)
+        for when in ("before", "after")
+    }
     names = sorted(params[0, "after"])
     assert names == sorted(params[1, "after"]) and len(names) > 10
     diverged = [n for n in names if not torch.equal(params[0, "after"][n], params[1, "after"][n])]

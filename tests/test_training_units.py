@@ -1,4 +1,5 @@
-"""Unit tests of the training pieces: loss, optimizer presets, poly LR, resumable checkpoints, overrides, bundle_root."""
+"""Unit tests of the training pieces: loss, optimizer presets, poly LR, resumable checkpoints, overrides,
+bundle_root."""
 
 from __future__ import annotations
 
@@ -116,7 +117,11 @@ def test_checkpoint_that_does_not_fit_is_a_model_error(tmp_path):
 
 def test_parse_overrides():
     assert parse_overrides(["a#b=2", "c=[1, 2]", "d=text", "e=$torch.device('cpu')"]) == {
-        "a#b": 2, "c": [1, 2], "d": "text", "e": "$torch.device('cpu')"}
+        "a#b": 2,
+        "c": [1, 2],
+        "d": "text",
+        "e": "$torch.device('cpu')",
+    }
     with pytest.raises(UsageError, match="KEY=VALUE"):
         parse_overrides(["novalue"])
 
@@ -126,14 +131,21 @@ def test_bundle_root_follows_the_config_file(tmp_path):
 
     bundle = tmp_path / "my_bundle"
     (bundle / "configs").mkdir(parents=True)
-    cfg = {"imports": ["$import pipeline", "$import pipeline.training.bundle"],
-           "bundle_root": "$pipeline.training.bundle.bundle_root('unknown_name')", "run": ["$@bundle_root"]}
+    cfg = {
+        "imports": ["$import pipeline", "$import pipeline.training.bundle"],
+        "bundle_root": "$pipeline.training.bundle.bundle_root('unknown_name')",
+        "run": ["$@bundle_root"],
+    }
     (bundle / "configs" / "inference.json").write_text(json.dumps(cfg))
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        wf = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"), workflow_type="infer",
-                            logging_file=False, meta_file=None)
+        wf = ConfigWorkflow(
+            config_file=str(bundle / "configs" / "inference.json"),
+            workflow_type="infer",
+            logging_file=False,
+            meta_file=None,
+        )
         wf.initialize()
         assert wf.run() == [str(bundle.resolve())]
     finally:
@@ -150,8 +162,10 @@ def test_split_datalist_holds_out_cases_when_there_is_no_validation_split(shared
     assert not {d["image"] for d in train} & {d["image"] for d in val}
 
 
-@pytest.mark.parametrize("setting, env, shown", [(True, None, True), (False, None, False), (None, None, False),
-                                                 (None, "1", True), (True, "0", False)])
+@pytest.mark.parametrize(
+    "setting, env, shown",
+    [(True, None, True), (False, None, False), (None, None, False), (None, "1", True), (True, "0", False)],
+)
 def test_progress_bar_shows_the_loss_only_when_enabled(setting, env, shown, capsys, monkeypatch):
     from pipeline.training import ProgressBar
 
@@ -187,3 +201,30 @@ def test_learning_curve_from_a_resumed_log(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log.write_text('{"epoch": 1, "epoch_loss": 0.9}\nnot json\n')
     assert main([str(log)]) == 3
+
+
+def test_gradient_clip_handler_clips_and_disabled_leaves_gradients():
+    """``max_norm`` clips the global gradient norm; ``None``/``<= 0`` disables clipping even when the handler is
+    called directly (it used to raise for None, zero the gradients for 0 and flip their sign for a negative value)."""
+    from types import SimpleNamespace
+
+    from pipeline.training.handlers import GradientClipHandler
+
+    def engine_with_grads() -> SimpleNamespace:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 3)
+        net(torch.full((2, 4), 50.0)).square().sum().backward()
+        return SimpleNamespace(optimizer=torch.optim.SGD(net.parameters(), lr=0.1), amp=False)
+
+    def grads(engine: SimpleNamespace) -> list[torch.Tensor]:
+        return [p.grad.clone() for g in engine.optimizer.param_groups for p in g["params"]]
+
+    engine = engine_with_grads()
+    assert torch.linalg.vector_norm(torch.cat([g.ravel() for g in grads(engine)])) > 1.0
+    GradientClipHandler(1.0)(engine)
+    assert torch.linalg.vector_norm(torch.cat([g.ravel() for g in grads(engine)])) == pytest.approx(1.0, rel=1e-4)
+    for disabled in (None, 0.0, -1.0):
+        engine = engine_with_grads()
+        before = grads(engine)
+        GradientClipHandler(disabled)(engine)
+        assert all(torch.equal(a, b) for a, b in zip(before, grads(engine))), disabled

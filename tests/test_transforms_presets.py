@@ -21,13 +21,16 @@ from pipeline.transforms import (
 
 
 def _mt(arr: np.ndarray, affine: np.ndarray | None = None) -> MetaTensor:
-    return MetaTensor(torch.as_tensor(arr, dtype=torch.float32), affine=torch.as_tensor(
-        np.eye(4) if affine is None else affine, dtype=torch.float64))
+    return MetaTensor(
+        torch.as_tensor(arr, dtype=torch.float32),
+        affine=torch.as_tensor(np.eye(4) if affine is None else affine, dtype=torch.float64),
+    )
 
 
 def test_presets_are_json_data_with_required_names() -> None:
     assert {"ct_abdomen", "ct_nnunet", "mri_zscore", "mri_hippocampus", "ct_sts", "ct_lung"} <= set(
-        PREPROCESSING_PRESETS)
+        PREPROCESSING_PRESETS
+    )
     json.dumps(PREPROCESSING_PRESETS)  # pure data
     ct = PREPROCESSING_PRESETS["ct_abdomen"]
     assert ct["orientation"] == "RAS" and ct["spacing"] == [1.5, 1.5, 2.0]
@@ -44,17 +47,23 @@ def test_presets_are_json_data_with_required_names() -> None:
 
 def test_ct_window_values() -> None:
     arr = np.array([-1000.0, -175.0, 37.5, 250.0, 3000.0]).reshape(1, 5, 1, 1)
-    pre = build_preprocessing({"orientation": None, "spacing": None, "intensity":
-                               PREPROCESSING_PRESETS["ct_abdomen"]["intensity"]}, keys=("image",), load=False)
+    pre = build_preprocessing(
+        {"orientation": None, "spacing": None, "intensity": PREPROCESSING_PRESETS["ct_abdomen"]["intensity"]},
+        keys=("image",),
+        load=False,
+    )
     np.testing.assert_allclose(pre({"image": _mt(arr)})["image"].numpy().ravel(), [0, 0, 0.5, 1, 1], atol=1e-6)
 
 
 def test_nnunet_ct_needs_numbers_and_applies_clip_then_zscore(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="fingerprint"):
         build_preprocessing("ct_nnunet")
-    fp = {"median_spacing": [0.8, 0.8, 3.0],
-          "foreground_intensity": {"0": {"percentile_00_5": -100.0, "percentile_99_5": 300.0, "mean": 50.0,
-                                         "std": 100.0}}}
+    fp = {
+        "median_spacing": [0.8, 0.8, 3.0],
+        "foreground_intensity": {
+            "0": {"percentile_00_5": -100.0, "percentile_99_5": 300.0, "mean": 50.0, "std": 100.0}
+        },
+    }
     path = tmp_path / "fp.json"
     path.write_text(json.dumps(fp))
     spec = resolve_preset("ct_nnunet", fingerprint=path)
@@ -94,10 +103,13 @@ def test_real_hippocampus_cases_end_up_on_one_scale(shared_data: Path) -> None:
     assert max(maxima) < 10 and all(abs(s - 1) < 0.05 for s in stds)
 
 
-@pytest.mark.parametrize("preset,image,label", [
-    ("ct_sts", "STS_CT/imagesTr/sts_001.nii.gz", "STS_CT/labelsTr/sts_001.nii.gz"),
-    ("ct_abdomen", "BTCV_like/imagesTr/img0002.nii.gz", "BTCV_like/labelsTr/label0002.nii.gz"),
-])
+@pytest.mark.parametrize(
+    "preset,image,label",
+    [
+        ("ct_sts", "STS_CT/imagesTr/sts_001.nii.gz", "STS_CT/labelsTr/sts_001.nii.gz"),
+        ("ct_abdomen", "BTCV_like/imagesTr/img0002.nii.gz", "BTCV_like/labelsTr/label0002.nii.gz"),
+    ],
+)
 def test_invertd_round_trip_restores_shape_and_affine(shared_data: Path, preset: str, image: str, label: str) -> None:
     """Preprocess (orientation + spacing + crop) then Invertd: the original grid comes back exactly."""
     from pipeline.data.io import load_volume
@@ -125,8 +137,10 @@ def test_dicom_preprocessing_and_inversion(shared_data: Path) -> None:
 
 
 def test_train_transforms_patches(shared_data: Path) -> None:
-    item = {"image": str(shared_data / "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz"),
-            "label": str(shared_data / "Task04_Hippocampus/labelsTr/hippocampus_001.nii.gz")}
+    item = {
+        "image": str(shared_data / "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz"),
+        "label": str(shared_data / "Task04_Hippocampus/labelsTr/hippocampus_001.nii.gz"),
+    }
     t = build_train_transforms("mri_hippocampus", roi_size=(64, 64, 32), num_samples=3, affine_prob=1.0)
     t.set_random_state(0)
     samples = t(item)
@@ -134,8 +148,9 @@ def test_train_transforms_patches(shared_data: Path) -> None:
     for s in samples:
         assert tuple(s["image"].shape) == (1, 64, 64, 32) and tuple(s["label"].shape) == (1, 64, 64, 32)
         assert set(np.unique(s["label"].numpy())) <= {0, 1, 2}
-    t2 = build_train_transforms("mri_hippocampus", roi_size=(16, 16, 16), num_samples=4, crop="class_balanced",
-                                num_classes=3, ratios=[0, 1, 1])
+    t2 = build_train_transforms(
+        "mri_hippocampus", roi_size=(16, 16, 16), num_samples=4, crop="class_balanced", num_classes=3, ratios=[0, 1, 1]
+    )
     t2.set_random_state(1)
     for s in t2(item):  # background ratio 0: every patch is centred on an organ voxel
         assert s["label"].numpy().max() > 0

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _unetrpp_utils import fill_by_rule, fixture_input, load_fixture, sampled_errors
 from pipeline.errors import InputDataError, ModelError
 from pipeline.networks import create_network, get_preset
 from pipeline.networks.unetrpp import (
@@ -24,6 +23,8 @@ from pipeline.networks.unetrpp import (
     read_nnunet_plans,
 )
 
+from _unetrpp_utils import fill_by_rule, fixture_input, load_fixture, sampled_errors
+
 OFFICIAL_PARAMS = {
     "unetrpp_synapse": 42_952_850,
     "unetrpp_btcv": 42_952_850,
@@ -33,9 +34,19 @@ OFFICIAL_PARAMS = {
 }
 
 #: a small configuration (what a CPU training run can afford): patch 16x32x32, strides 16
-SMALL = dict(in_channels=1, out_channels=3, img_size=(16, 32, 32), feature_size=8, dims=(16, 16, 32, 32),
-             depths=(1, 1, 1, 1), num_heads=2, proj_size=(8, 8, 8, 8), decoder_proj_size=8, decoder_depth=1,
-             stem_stride=(2, 2, 2))
+SMALL = dict(
+    in_channels=1,
+    out_channels=3,
+    img_size=(16, 32, 32),
+    feature_size=8,
+    dims=(16, 16, 32, 32),
+    depths=(1, 1, 1, 1),
+    num_heads=2,
+    proj_size=(8, 8, 8, 8),
+    decoder_proj_size=8,
+    decoder_depth=1,
+    stem_stride=(2, 2, 2),
+)
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -101,8 +112,9 @@ def test_permute_quirk_matches_documented_index_formula():
     assert d * h == c
 
 
-@pytest.mark.parametrize("ef_mode,fusion", [("shared", "concat"), ("separate", "concat"), ("param", "sum"),
-                                            ("pool", "concat")])
+@pytest.mark.parametrize(
+    "ef_mode,fusion", [("shared", "concat"), ("separate", "concat"), ("param", "sum"), ("pool", "concat")]
+)
 @pytest.mark.parametrize("quirk", [True, False])
 def test_fast_path_equals_official_op_sequence(ef_mode, fusion, quirk):
     torch.manual_seed(1)
@@ -160,11 +172,15 @@ def test_wrong_input_size_names_expected_size():
 def test_bundle_style_dotted_target():
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser({
-        "direct": {"_target_": "pipeline.networks.unetrpp.UNETRPP", **{k: list(v) if isinstance(v, tuple) else v
-                                                                      for k, v in SMALL.items()}},
-        "named": {"_target_": "pipeline.networks.create_network", "name": "unetrpp_synapse", "input_order": "xyz"},
-    })
+    parser = ConfigParser(
+        {
+            "direct": {
+                "_target_": "pipeline.networks.unetrpp.UNETRPP",
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()},
+            },
+            "named": {"_target_": "pipeline.networks.create_network", "name": "unetrpp_synapse", "input_order": "xyz"},
+        }
+    )
     assert tuple(parser.get_parsed_content("direct").img_size) == (16, 32, 32)
     assert parser.get_parsed_content("named").expected_input_size() == (128, 128, 64)
 
@@ -210,7 +226,11 @@ def test_load_official_checkpoint_strict(tmp_path, shared_dir):
         assert torch.equal(a, b), k
     assert dst.unetr_pp_encoder.stages[0][0].epa_block.E is dst.unetr_pp_encoder.stages[0][0].epa_block.F
     # the wrong preset: a clear error that lists the mismatched layers
-    with pytest.raises(ModelError, match=r"with another shape: .*downsample_layers.*missing from the checkpoint: .*EF.*unexpected layer\(s\): .*E.weight"):
+    with pytest.raises(
+        ModelError,
+        match=r"with another shape: .*downsample_layers.*missing from the checkpoint: .*EF"
+        r".*unexpected layer\(s\): .*E.weight",
+    ):
         load_official_weights(create_network("unetrpp_tumor"), ck)
 
 
@@ -241,25 +261,55 @@ def _nnunet_v1_plans(patch=(16, 32, 32), spacing=(3.0, 0.8, 0.8)) -> dict:
     """nnU-Net v1 plans as ExperimentPlanner3D_v21 writes them (numpy arrays, OrderedDicts)."""
     from collections import OrderedDict
 
-    stage = {"batch_size": 2, "num_pool_per_axis": [3, 4, 4], "patch_size": np.array(patch),
-             "median_patient_size_in_voxels": np.array([148, 512, 512]), "current_spacing": np.array(spacing),
-             "original_spacing": np.array(spacing), "do_dummy_2D_data_aug": True,
-             "pool_op_kernel_sizes": [[2, 4, 4], [2, 2, 2], [2, 2, 2]], "conv_kernel_sizes": [[3, 3, 3]] * 4}
-    intensity = OrderedDict({0: OrderedDict(median=np.float64(78.0), mean=np.float64(80.5), sd=np.float64(55.2),
-                                            mn=np.float64(-958.0), mx=np.float64(1200.0),
-                                            percentile_99_5=np.float64(295.0), percentile_00_5=np.float64(-958.0))})
-    return {"num_stages": 1, "num_modalities": 1, "modalities": {0: "CT"},
-            "normalization_schemes": OrderedDict({0: "CT"}), "use_mask_for_norm": OrderedDict({0: False}),
-            "dataset_properties": {"intensityproperties": intensity, "modalities": {0: "CT"}},
-            "num_classes": 2, "all_classes": [1, 2], "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "plans_per_stage": {0: stage}, "base_num_features": 32, "conv_per_stage": 2}
+    stage = {
+        "batch_size": 2,
+        "num_pool_per_axis": [3, 4, 4],
+        "patch_size": np.array(patch),
+        "median_patient_size_in_voxels": np.array([148, 512, 512]),
+        "current_spacing": np.array(spacing),
+        "original_spacing": np.array(spacing),
+        "do_dummy_2D_data_aug": True,
+        "pool_op_kernel_sizes": [[2, 4, 4], [2, 2, 2], [2, 2, 2]],
+        "conv_kernel_sizes": [[3, 3, 3]] * 4,
+    }
+    intensity = OrderedDict(
+        {
+            0: OrderedDict(
+                median=np.float64(78.0),
+                mean=np.float64(80.5),
+                sd=np.float64(55.2),
+                mn=np.float64(-958.0),
+                mx=np.float64(1200.0),
+                percentile_99_5=np.float64(295.0),
+                percentile_00_5=np.float64(-958.0),
+            )
+        }
+    )
+    return {
+        "num_stages": 1,
+        "num_modalities": 1,
+        "modalities": {0: "CT"},
+        "normalization_schemes": OrderedDict({0: "CT"}),
+        "use_mask_for_norm": OrderedDict({0: False}),
+        "dataset_properties": {"intensityproperties": intensity, "modalities": {0: "CT"}},
+        "num_classes": 2,
+        "all_classes": [1, 2],
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "plans_per_stage": {0: stage},
+        "base_num_features": 32,
+        "conv_per_stage": 2,
+    }
 
 
 def test_importer_writes_bundle_weights_and_preprocessing(tmp_path, monkeypatch):
     from pipeline.networks import registry
 
-    monkeypatch.setitem(registry._PRESETS, "unetrpp_small_test",
-                        registry.Preset("unetrpp_small_test", UNETRPP, dict(SMALL), "", (16, 32, 32), "zyx"))
+    monkeypatch.setitem(
+        registry._PRESETS,
+        "unetrpp_small_test",
+        registry.Preset("unetrpp_small_test", UNETRPP, dict(SMALL), "", (16, 32, 32), "zyx"),
+    )
     torch.manual_seed(0)
     src = UNETRPP(**SMALL)
     ck = tmp_path / "fold_0" / "model_final_checkpoint.model"
@@ -270,8 +320,9 @@ def test_importer_writes_bundle_weights_and_preprocessing(tmp_path, monkeypatch)
     raw = pickle.dumps(_nnunet_v1_plans(), protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     plans.write_bytes(raw)
     wrapped = ck.with_name(ck.name + ".pkl")  # the .model.pkl next to a checkpoint wraps the plans
-    wrapped.write_bytes(pickle.dumps({"init": (), "name": "nnFormerTrainerV2_unetr_pp",
-                                      "plans": _nnunet_v1_plans()}, protocol=4))
+    wrapped.write_bytes(
+        pickle.dumps({"init": (), "name": "nnFormerTrainerV2_unetr_pp", "plans": _nnunet_v1_plans()}, protocol=4)
+    )
     assert read_nnunet_plans(wrapped)["num_classes"] == 2
 
     written = import_official_checkpoint(ck, plans, tmp_path / "bundle", preset="unetrpp_small_test")
@@ -282,8 +333,13 @@ def test_importer_writes_bundle_weights_and_preprocessing(tmp_path, monkeypatch)
     assert info["target_spacing_zyx"] == [3.0, 0.8, 0.8]
     assert info["target_spacing_xyz"] == [0.8, 0.8, 3.0] == info["preprocessing"]["spacing"]
     assert info["patch_size_zyx"] == [16, 32, 32] and info["roi_size_xyz"] == [32, 32, 16]
-    assert info["preprocessing"]["intensity"] == {"type": "nnunet_ct", "lower": -958.0, "upper": 295.0,
-                                                  "mean": 80.5, "std": 55.2}
+    assert info["preprocessing"]["intensity"] == {
+        "type": "nnunet_ct",
+        "lower": -958.0,
+        "upper": 295.0,
+        "mean": 80.5,
+        "std": 55.2,
+    }
     assert info["network_overrides"] == {"input_order": "xyz"} and info["num_classes"] == 3
     with pytest.raises(FileExistsError):
         import_official_checkpoint(ck, plans, tmp_path / "bundle", preset="unetrpp_small_test")
@@ -337,8 +393,10 @@ def _train(net, shapes, steps, lr=3e-3):
         outs = net(x)
         outs = outs if isinstance(outs, list) else [outs]
         weights = [4 / 7, 2 / 7, 1 / 7][: len(outs)]
-        loss = sum(w * F.cross_entropy(o, F.interpolate(y.float(), size=o.shape[2:], mode="nearest")[:, 0].long())
-                   for w, o in zip(weights, outs))
+        loss = sum(
+            w * F.cross_entropy(o, F.interpolate(y.float(), size=o.shape[2:], mode="nearest")[:, 0].long())
+            for w, o in zip(weights, outs)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -370,7 +428,7 @@ def test_resolution_agnostic_mode_runs_at_two_sizes_and_learns():
     x, y = _toy_batch(gen, (16, 48, 48), n=2)
     with torch.no_grad():
         pred = net.eval()(x).argmax(1)
-    fg = (y[:, 0] > 0)
+    fg = y[:, 0] > 0
     assert ((pred > 0) == fg).float().mean() > 0.9
     assert (pred[fg] > 0).float().mean() > 0.5
 

@@ -38,16 +38,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bundle", required=True, help="bundle folder or name in bundles/ (e.g. unetrpp_synapse)")
     p.add_argument("--data", required=True, help="dataset folder (Synapse RawData, BTCV dataset_0.json, MSD ...)")
-    p.add_argument("--split", default=None,
-                   help="test | validation | training (default: the official split: Synapse test, BTCV and Lung "
-                        "validation, else the bundle's held-out list)")
-    p.add_argument("--protocol", default="strict",
-                   help="evaluation protocol: strict (default) | monai | legacy_unetrpp | legacy_transunet")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="test | validation | training (default: the official split: Synapse test, BTCV and Lung "
+        "validation, else the bundle's held-out list)",
+    )
+    p.add_argument(
+        "--protocol",
+        default="strict",
+        help="evaluation protocol: strict (default) | monai | legacy_unetrpp | legacy_transunet",
+    )
     p.add_argument("--limit", type=int, default=None, help="score only the first N cases (in case order)")
     p.add_argument("--out", default=None, help="output folder (default outputs/benchmark/<bundle>-<data>-<split>)")
-    p.add_argument("--allow-untrained", action="store_true",
-                   help="run without models/model.pt (random weights, smoke tests only; report marked UNTRAINED)")
-    p.add_argument("--table", default="auto", help="published table beside ours: auto (default) | none | synapse | btcv | lung | acdc")
+    p.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="run without models/model.pt (random weights, smoke tests only; report marked UNTRAINED)",
+    )
+    p.add_argument(
+        "--table",
+        default="auto",
+        help="published table beside ours: auto (default) | none | synapse | btcv | lung | acdc",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo predictions that exist in --out")
     p.add_argument("--device", default="cpu", help="torch device for inference (default cpu; cuda, cuda:1)")
     g = p.add_argument_group("inference overrides (recorded in the report)")
@@ -63,7 +76,7 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["medseg", "benchmark", "--bundle", args.bundle, "--data", args.data]
     for opt in ("split", "protocol", "limit", "out", "table", "device", "overlap", "sw_batch_size"):
         val = getattr(args, opt)
-        if val is not None and not (opt, val) in (("protocol", "strict"), ("table", "auto"), ("device", "cpu")):
+        if val is not None and (opt, val) not in (("protocol", "strict"), ("table", "auto"), ("device", "cpu")):
             parts += [f"--{opt.replace('_', '-')}", str(val)]
     if args.roi_size:
         parts += ["--roi-size", ",".join(map(str, args.roi_size))]
@@ -79,13 +92,29 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit}: must be >= 1")
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise UsageError(f"--overlap {args.overlap}: must be in [0, 1)")
-    inference = {k: v for k, v in (("roi_size", args.roi_size), ("overlap", args.overlap),
-                                   ("sw_batch_size", args.sw_batch_size), ("tta", args.tta or None))
-                 if v is not None}
+    inference = {
+        k: v
+        for k, v in (
+            ("roi_size", args.roi_size),
+            ("overlap", args.overlap),
+            ("sw_batch_size", args.sw_batch_size),
+            ("tta", args.tta or None),
+        )
+        if v is not None
+    }
     opts = BenchmarkOptions(
-        bundle=args.bundle, data=args.data, split=args.split, protocol=args.protocol, limit=args.limit, out=args.out,
-        allow_untrained=args.allow_untrained, table=args.table, overwrite=args.overwrite, device=args.device,
-        inference=inference, command=_command(args),
+        bundle=args.bundle,
+        data=args.data,
+        split=args.split,
+        protocol=args.protocol,
+        limit=args.limit,
+        out=args.out,
+        allow_untrained=args.allow_untrained,
+        table=args.table,
+        overwrite=args.overwrite,
+        device=args.device,
+        inference=inference,
+        command=_command(args),
     )
     report, paths = run_benchmark(opts)
     print(report.to_markdown().split("\n## ")[0].rstrip())  # the header block
@@ -94,8 +123,10 @@ def run(args: argparse.Namespace) -> int:
     tag = " (UNTRAINED)" if report.untrained else ""
     dice = "–" if mean["dice"] is None else f"{100 * mean['dice']:.2f}"
     hd = "–" if mean["hd95"] is None else f"{mean['hd95']:.2f}"
-    print(f"\nmean DSC {dice} %, mean HD95 {hd} {report.hd95_unit}{tag}; {len(report.cases) - len(failed)} of "
-          f"{len(report.cases)} case(s) scored")
+    print(
+        f"\nmean DSC {dice} %, mean HD95 {hd} {report.hd95_unit}{tag}; {len(report.cases) - len(failed)} of "
+        f"{len(report.cases)} case(s) scored"
+    )
     for c in failed:
         print(f"failed: {c.case}: {c.error}", file=sys.stderr)
     for key, path in paths.items():

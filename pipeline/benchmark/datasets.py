@@ -77,8 +77,13 @@ def profile_for(*, layout: str, labels: Mapping[int, str], name: str = "", table
         elif ids - {0} == {1} and ("lung" in lname or "task06" in lname):
             table = "lung"
         else:
-            return Profile("own", _own_labels(labels), None, "test",
-                           "no published table matches this dataset: its own labels in id order")
+            return Profile(
+                "own",
+                _own_labels(labels),
+                None,
+                "test",
+                "no published table matches this dataset: its own labels in id order",
+            )
     t = PUBLISHED_TABLES[table]
     missing = [c.label for c in t.classes if labels and c.label not in ids]
     if missing and labels:
@@ -87,8 +92,9 @@ def profile_for(*, layout: str, labels: Mapping[int, str], name: str = "", table
     return Profile(table, t.classes, t, default, f"{t.dataset}: {t.split}")
 
 
-def pick_split(splits: Mapping[str, Sequence[Mapping]], wanted: str | None, default: str,
-               *, source: str) -> tuple[str, str, list[dict]]:
+def pick_split(
+    splits: Mapping[str, Sequence[Mapping]], wanted: str | None, default: str, *, source: str
+) -> tuple[str, str, list[dict]]:
     """Choose the split to benchmark.
 
     Args:
@@ -103,6 +109,7 @@ def pick_split(splits: Mapping[str, Sequence[Mapping]], wanted: str | None, defa
     Raises:
         InputDataError: when the split does not exist or has no labelled case.
     """
+
     def find(name: str) -> str | None:
         for key in (name, *SPLIT_ALIASES.get(name, ())):
             if key in splits:
@@ -115,10 +122,11 @@ def pick_split(splits: Mapping[str, Sequence[Mapping]], wanted: str | None, defa
         key = find(name)
         items = [dict(it) for it in splits.get(key, [])] if key else []
         labelled = [it for it in items if it.get("label")]
-        if labelled:
+        if labelled and key is not None:
             return name, key, labelled
         if wanted:
             what = "does not exist" if key is None else "has no labelled case"
             raise InputDataError(f"split {wanted!r} {what} (splits found: {available})", path=source)
-    raise InputDataError(f"no labelled test or validation split to benchmark (splits found: {available}); "
-                         "pass --split", path=source)
+    raise InputDataError(
+        f"no labelled test or validation split to benchmark (splits found: {available}); pass --split", path=source
+    )

@@ -151,7 +151,7 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         self.start_rss_bytes = self.peak_rss_bytes = self._rss()
-        if self._cuda():
+        if self.device is not None and self._cuda():
             import torch
 
             torch.cuda.reset_peak_memory_stats(torch.device(self.device))
@@ -166,7 +166,7 @@ class PeakMemory:
             self._thread.join()
         self.peak_rss_bytes = max(self.peak_rss_bytes, self._rss())
         self.ru_maxrss_bytes = _ru_maxrss_bytes()
-        if self._cuda():
+        if self.device is not None and self._cuda():
             import torch
 
             self.cuda_peak_bytes = int(torch.cuda.max_memory_allocated(torch.device(self.device)))
@@ -178,8 +178,9 @@ class PeakMemory:
             "peak_rss_mib": round(self.peak_rss_bytes / mib, 1),
             "start_rss_mib": round(self.start_rss_bytes / mib, 1),
             "sampling_interval_s": self.interval,
-            "process_lifetime_maxrss_mib": None if self.ru_maxrss_bytes is None else round(self.ru_maxrss_bytes / mib,
-                                                                                           1),
+            "process_lifetime_maxrss_mib": None
+            if self.ru_maxrss_bytes is None
+            else round(self.ru_maxrss_bytes / mib, 1),
         }
         if self.cuda_peak_bytes is not None:
             out["cuda_peak_allocated_mib"] = round(self.cuda_peak_bytes / mib, 1)

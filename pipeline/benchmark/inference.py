@@ -53,15 +53,15 @@ class TimedNetwork(torch.nn.Module):
     def __init__(self, net: torch.nn.Module, device: torch.device) -> None:
         super().__init__()
         self.net = net
-        self.cuda = device.type == "cuda"
+        self.sync_cuda = device.type == "cuda"  # not `cuda`: that would hide nn.Module.cuda()
         self.seconds = 0.0
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.cuda:
+        if self.sync_cuda:
             torch.cuda.synchronize(x.device)
         t0 = time.perf_counter()
         y = self.net(x, *args, **kwargs)
-        if self.cuda:
+        if self.sync_cuda:
             torch.cuda.synchronize(x.device)
         self.seconds += time.perf_counter() - t0
         return y
@@ -132,15 +132,32 @@ class BundleModel:
             "stitching": max(0.0, raw.get("sliding_window", 0.0) - network),
             "postprocessing": raw.get("invert", 0.0) + raw.get("postprocess", 0.0) + t_save,
         }
-        save_json_atomic({"case": case, "image": str(item["image"]), "prediction": str(out), "timings": timings,
-                          "inference_timings": raw, "windows": res.get("windows", {}), "settings": self.settings},
-                         side)
+        save_json_atomic(
+            {
+                "case": case,
+                "image": str(item["image"]),
+                "prediction": str(out),
+                "timings": timings,
+                "inference_timings": raw,
+                "windows": res.get("windows", {}),
+                "settings": self.settings,
+            },
+            side,
+        )
         return CaseInference(out, timings)
 
 
-def open_model(bundle_dir: str | Path, weights: str | Path | None, *, device: str = "cpu",
-               roi_size: Sequence[int] | None = None, overlap: float | None = None,
-               sw_batch_size: int | None = None, tta: bool = False, seed: int = 0) -> BundleModel:
+def open_model(
+    bundle_dir: str | Path,
+    weights: str | Path | None,
+    *,
+    device: str = "cpu",
+    roi_size: Sequence[int] | None = None,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    tta: bool = False,
+    seed: int = 0,
+) -> BundleModel:
     """Build the bundle's network and preprocessing from ``configs/inference.json``.
 
     Args:
@@ -163,8 +180,9 @@ def open_model(bundle_dir: str | Path, weights: str | Path | None, *, device: st
     dev = torch.device(device)
     notes: list[str] = []
     if roi_size is not None:
-        notes.append(f"--roi-size {[int(r) for r in roi_size]} overrides the bundle's window "
-                     "(networks sized by it are rebuilt)")
+        notes.append(
+            f"--roi-size {[int(r) for r in roi_size]} overrides the bundle's window (networks sized by it are rebuilt)"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(bundle, weights, dev, roi_size=roi_size, allow_untrained=weights is None, seed=seed)

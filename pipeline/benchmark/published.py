@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 PAPER = "Shaker et al., UNETR++, IEEE TMI 2024 (arXiv 2212.04497 v3)"
 
@@ -120,7 +121,7 @@ SYNAPSE_ORDER = (1, 2, 3, 4, 6, 7, 8, 11)  # Spl RKid LKid Gal Liv Sto Aor Pan (
 BTCV_ORDER = tuple(range(1, 14))
 
 
-def _row(method: str, values: Sequence[float | None], order: Sequence[int], **kw) -> PublishedRow:
+def _row(method: str, values: Sequence[float | None], order: Sequence[int], **kw: Any) -> PublishedRow:
     if len(values) != len(order):
         raise ValueError(f"{method}: {len(values)} values for {len(order)} columns")
     return PublishedRow(method, {k: v for k, v in zip(order, values) if v is not None}, **kw)
@@ -138,25 +139,87 @@ SYNAPSE = PublishedTable(
     source=PAPER + ", Synapse table",
     note="8 of the 13 trained organs are evaluated; HD95 in voxels of the original grid (no spacing).",
     rows=(
-        _row("U-Net", [86.67, 68.60, 77.77, 69.72, 93.43, 75.58, 89.07, 53.98], SYNAPSE_ORDER,
-             mean_dsc=76.85, protocol="legacy_transunet", note=_SYN_TU),
-        _row("TransUNet", [85.08, 77.02, 81.87, 63.16, 94.08, 75.62, 87.23, 55.86], SYNAPSE_ORDER,
-             mean_dsc=77.49, mean_hd95=31.69, params_m=96.07, flops_g=88.91, protocol="legacy_transunet",
-             note=_SYN_TU),
-        _row("Swin-UNet (2D)", [90.66, 79.61, 83.28, 66.53, 94.29, 76.60, 85.47, 56.58], SYNAPSE_ORDER,
-             mean_dsc=79.13, mean_hd95=21.55, protocol="legacy_transunet", note=_SYN_TU),
-        _row("UNETR", [85.00, 84.52, 85.60, 56.30, 94.57, 70.46, 89.80, 60.47], SYNAPSE_ORDER,
-             mean_dsc=78.35, mean_hd95=18.59, params_m=92.49, flops_g=75.76, protocol="unstated", note=_SYN_COPIED),
-        _row("MISSFormer", [91.92, 82.00, 85.21, 68.65, 94.41, 80.81, 86.99, 65.67], SYNAPSE_ORDER,
-             mean_dsc=81.96, mean_hd95=18.20, protocol="legacy_transunet", note=_SYN_TU),
-        _row("Swin-UNETR", [95.37, 86.26, 86.99, 66.54, 95.72, 77.01, 91.12, 68.80], SYNAPSE_ORDER,
-             mean_dsc=83.48, mean_hd95=10.55, params_m=62.83, flops_g=384.2, protocol="unstated", note=_SYN_COPIED),
-        _row("nnFormer", [90.51, 86.25, 86.57, 70.17, 96.84, 86.83, 92.04, 83.35], SYNAPSE_ORDER,
-             mean_dsc=86.57, mean_hd95=10.63, params_m=150.5, flops_g=213.4, protocol="legacy_unetrpp",
-             note="nnFormer's inference_synapse.py, which UNETR++ reuses"),
-        _row("UNETR++", [95.77, 87.18, 87.54, 71.25, 96.42, 86.01, 92.52, 81.10], SYNAPSE_ORDER,
-             mean_dsc=87.22, mean_hd95=7.53, params_m=42.96, flops_g=47.98, protocol="legacy_unetrpp",
-             note="final checkpoint; FLOPs at 64x128x128"),
+        _row(
+            "U-Net",
+            [86.67, 68.60, 77.77, 69.72, 93.43, 75.58, 89.07, 53.98],
+            SYNAPSE_ORDER,
+            mean_dsc=76.85,
+            protocol="legacy_transunet",
+            note=_SYN_TU,
+        ),
+        _row(
+            "TransUNet",
+            [85.08, 77.02, 81.87, 63.16, 94.08, 75.62, 87.23, 55.86],
+            SYNAPSE_ORDER,
+            mean_dsc=77.49,
+            mean_hd95=31.69,
+            params_m=96.07,
+            flops_g=88.91,
+            protocol="legacy_transunet",
+            note=_SYN_TU,
+        ),
+        _row(
+            "Swin-UNet (2D)",
+            [90.66, 79.61, 83.28, 66.53, 94.29, 76.60, 85.47, 56.58],
+            SYNAPSE_ORDER,
+            mean_dsc=79.13,
+            mean_hd95=21.55,
+            protocol="legacy_transunet",
+            note=_SYN_TU,
+        ),
+        _row(
+            "UNETR",
+            [85.00, 84.52, 85.60, 56.30, 94.57, 70.46, 89.80, 60.47],
+            SYNAPSE_ORDER,
+            mean_dsc=78.35,
+            mean_hd95=18.59,
+            params_m=92.49,
+            flops_g=75.76,
+            protocol="unstated",
+            note=_SYN_COPIED,
+        ),
+        _row(
+            "MISSFormer",
+            [91.92, 82.00, 85.21, 68.65, 94.41, 80.81, 86.99, 65.67],
+            SYNAPSE_ORDER,
+            mean_dsc=81.96,
+            mean_hd95=18.20,
+            protocol="legacy_transunet",
+            note=_SYN_TU,
+        ),
+        _row(
+            "Swin-UNETR",
+            [95.37, 86.26, 86.99, 66.54, 95.72, 77.01, 91.12, 68.80],
+            SYNAPSE_ORDER,
+            mean_dsc=83.48,
+            mean_hd95=10.55,
+            params_m=62.83,
+            flops_g=384.2,
+            protocol="unstated",
+            note=_SYN_COPIED,
+        ),
+        _row(
+            "nnFormer",
+            [90.51, 86.25, 86.57, 70.17, 96.84, 86.83, 92.04, 83.35],
+            SYNAPSE_ORDER,
+            mean_dsc=86.57,
+            mean_hd95=10.63,
+            params_m=150.5,
+            flops_g=213.4,
+            protocol="legacy_unetrpp",
+            note="nnFormer's inference_synapse.py, which UNETR++ reuses",
+        ),
+        _row(
+            "UNETR++",
+            [95.77, 87.18, 87.54, 71.25, 96.42, 86.01, 92.52, 81.10],
+            SYNAPSE_ORDER,
+            mean_dsc=87.22,
+            mean_hd95=7.53,
+            params_m=42.96,
+            flops_g=47.98,
+            protocol="legacy_unetrpp",
+            note="final checkpoint; FLOPs at 64x128x128",
+        ),
     ),
 )
 
@@ -173,18 +236,30 @@ BTCV = PublishedTable(
     rows=tuple(
         _row(m, v[:13], BTCV_ORDER, mean_dsc=v[13], protocol="unstated", note=_BTCV_NOTE)
         for m, v in (
-            ("nnUNet", [95.95, 88.35, 93.02, 70.13, 76.72, 96.51, 86.79, 88.93, 82.89, 78.51, 79.60, 73.26, 68.35,
-                        83.16]),
-            ("TransBTS", [94.55, 89.20, 90.97, 68.38, 75.61, 96.44, 83.52, 88.55, 82.48, 74.21, 76.02, 67.23, 67.03,
-                          81.31]),
-            ("UNETR", [90.48, 82.51, 86.05, 58.23, 71.21, 94.64, 72.06, 86.57, 76.51, 70.37, 66.06, 66.25, 63.04,
-                       76.00]),
-            ("Swin-UNETR", [94.59, 88.97, 92.39, 65.37, 75.43, 95.61, 75.57, 88.28, 81.61, 76.30, 74.52, 68.23,
-                            66.02, 80.44]),
-            ("nnFormer", [94.58, 88.62, 93.68, 65.29, 76.22, 96.17, 83.59, 89.09, 80.80, 75.97, 77.87, 70.20, 66.05,
-                          81.62]),
-            ("UNETR++", [94.94, 91.90, 93.62, 70.75, 77.18, 95.95, 85.15, 89.28, 83.14, 76.91, 77.42, 72.56, 68.17,
-                         83.28]),
+            (
+                "nnUNet",
+                [95.95, 88.35, 93.02, 70.13, 76.72, 96.51, 86.79, 88.93, 82.89, 78.51, 79.60, 73.26, 68.35, 83.16],
+            ),
+            (
+                "TransBTS",
+                [94.55, 89.20, 90.97, 68.38, 75.61, 96.44, 83.52, 88.55, 82.48, 74.21, 76.02, 67.23, 67.03, 81.31],
+            ),
+            (
+                "UNETR",
+                [90.48, 82.51, 86.05, 58.23, 71.21, 94.64, 72.06, 86.57, 76.51, 70.37, 66.06, 66.25, 63.04, 76.00],
+            ),
+            (
+                "Swin-UNETR",
+                [94.59, 88.97, 92.39, 65.37, 75.43, 95.61, 75.57, 88.28, 81.61, 76.30, 74.52, 68.23, 66.02, 80.44],
+            ),
+            (
+                "nnFormer",
+                [94.58, 88.62, 93.68, 65.29, 76.22, 96.17, 83.59, 89.09, 80.80, 75.97, 77.87, 70.20, 66.05, 81.62],
+            ),
+            (
+                "UNETR++",
+                [94.94, 91.90, 93.62, 70.75, 77.18, 95.95, 85.15, 89.28, 83.14, 76.91, 77.42, 72.56, 68.17, 83.28],
+            ),
         )
     ),
 )
@@ -207,8 +282,11 @@ LUNG = PublishedTable(
     ),
 )
 
-_ACDC_COLS = (ClassColumn(1, "RV", "right ventricle"), ClassColumn(2, "Myo", "myocardium"),
-              ClassColumn(3, "LV", "left ventricle"))
+_ACDC_COLS = (
+    ClassColumn(1, "RV", "right ventricle"),
+    ClassColumn(2, "Myo", "myocardium"),
+    ClassColumn(3, "LV", "left ventricle"),
+)
 ACDC = PublishedTable(
     key="acdc",
     dataset="ACDC cardiac MRI",

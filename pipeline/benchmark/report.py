@@ -156,8 +156,8 @@ class BenchmarkReport:
         out: dict[str, dict[str, float | None]] = {}
         ok = self.ok_cases
         for stage in [*self.stage_names(), "total"]:
-            vals = [c.total_seconds if stage == "total" else c.timings.get(stage) for c in ok]
-            vals = [float(v) for v in vals if v is not None]
+            raw = [c.total_seconds if stage == "total" else c.timings.get(stage) for c in ok]
+            vals = [float(v) for v in raw if v is not None]
             out[stage] = {
                 "median": statistics.median(vals) if vals else None,
                 "mean": statistics.fmean(vals) if vals else None,
@@ -183,8 +183,12 @@ class BenchmarkReport:
             "cases_used": [c.case for c in self.cases],
             "protocol": self.protocol,
             "protocol_description": self.protocol_description,
-            "units": {"dice": "fraction (0..1); the Markdown table shows percent", "hd95": self.hd95_unit,
-                      "timings": "seconds", "memory": "MiB"},
+            "units": {
+                "dice": "fraction (0..1); the Markdown table shows percent",
+                "hd95": self.hd95_unit,
+                "timings": "seconds",
+                "memory": "MiB",
+            },
             "classes": [asdict(c) for c in self.classes],
             "summary": {
                 "mean_dice": mean["dice"],
@@ -282,35 +286,56 @@ class BenchmarkReport:
         w("| " + " | ".join(head) + " |\n")
         w("|" + "---|" * len(head) + "\n")
         ours = "ours" + (" (UNTRAINED)" if self.untrained else "")
-        w("| " + " | ".join([f"**{ours}**", f"this run, {self.split}", self.protocol,
-                             *[_pct(means[c.label]["dice"]) for c in cols], _fmt(mean["hd95"]),
-                             f"**{_pct(mean['dice'])}**"]) + " |\n")
+        w(
+            "| "
+            + " | ".join(
+                [
+                    f"**{ours}**",
+                    f"this run, {self.split}",
+                    self.protocol,
+                    *[_pct(means[c.label]["dice"]) for c in cols],
+                    _fmt(mean["hd95"]),
+                    f"**{_pct(mean['dice'])}**",
+                ]
+            )
+            + " |\n"
+        )
         if self.published is not None:
             for r in self.published.rows:
                 cells = [_fmt(r.dsc.get(c.label)) for c in cols]
-                w("| " + " | ".join([r.method, "as published", r.protocol, *cells, _fmt(r.mean_hd95),
-                                     _fmt(r.mean_dsc)]) + " |\n")
+                w(
+                    "| "
+                    + " | ".join([r.method, "as published", r.protocol, *cells, _fmt(r.mean_hd95), _fmt(r.mean_dsc)])
+                    + " |\n"
+                )
         w("\n")
-        w("Per class, cases counted (DSC/HD95): " + ", ".join(
-            f"{c.short} {means[c.label]['n_dice']}/{means[c.label]['n_hd95']}" for c in cols) + ".\n")
-        excluded = [(c.short, means[c.label]["excluded_dice"], means[c.label]["excluded_hd95"]) for c in cols
-                    if means[c.label]["excluded_dice"] or means[c.label]["excluded_hd95"]]
+        w(
+            "Per class, cases counted (DSC/HD95): "
+            + ", ".join(f"{c.short} {means[c.label]['n_dice']}/{means[c.label]['n_hd95']}" for c in cols)
+            + ".\n"
+        )
+        excluded = [
+            (c.short, means[c.label]["excluded_dice"], means[c.label]["excluded_hd95"])
+            for c in cols
+            if means[c.label]["excluded_dice"] or means[c.label]["excluded_hd95"]
+        ]
         if excluded:
             w("Excluded by the protocol (DSC/HD95): " + ", ".join(f"{s} {a}/{b}" for s, a, b in excluded) + ".\n")
         if self.published is not None:
             t = self.published
-            w(f"\nPublished rows: {t.source}; split {t.split}; HD95 unit {t.hd95_unit or 'not reported'}. "
-              f"{t.note}\n")
+            w(f"\nPublished rows: {t.source}; split {t.split}; HD95 unit {t.hd95_unit or 'not reported'}. {t.note}\n")
             used = sorted({r.protocol for r in t.rows})
             for p in used:
                 comp = COMPARABLE_PRESET.get(p)
                 same = f" (our preset `{comp}`)" if comp else " (no matching preset of ours)"
                 w(f"- `{p}`{same}: {PUBLISHED_PROTOCOLS.get(p, '')}\n")
-            presets = sorted({COMPARABLE_PRESET[p] for p in used if COMPARABLE_PRESET.get(p)})
+            presets = sorted({our_preset for p in used if (our_preset := COMPARABLE_PRESET.get(p))})
             if self.protocol not in presets:
                 hint = f" (`--protocol {' / '.join(presets)}` matches some rows)" if presets else ""
-                w(f"- Our row uses `{self.protocol}`, which none of the published rows used: compare with care"
-                  f"{hint}.\n")
+                w(
+                    f"- Our row uses `{self.protocol}`, which none of the published rows used: compare with care"
+                    f"{hint}.\n"
+                )
         w("\n")
 
         # per case
@@ -320,8 +345,11 @@ class BenchmarkReport:
         w("|" + "---|" * len(head) + "\n")
         for c in self.cases:
             if c.status != "ok":
-                w("| " + " | ".join([c.case, f"failed: {c.error or ''}".replace("|", "/"), *[""] * (len(cols) + 2)])
-                  + " |\n")
+                w(
+                    "| "
+                    + " | ".join([c.case, f"failed: {c.error or ''}".replace("|", "/"), *[""] * (len(cols) + 2)])
+                    + " |\n"
+                )
                 continue
             d = [_num(c.dice.get(k.label)) for k in cols]
             h = [_num(c.hd95.get(k.label)) for k in cols]
@@ -335,8 +363,11 @@ class BenchmarkReport:
         w("| " + " | ".join(head) + " |\n")
         w("|" + "---|" * len(head) + "\n")
         for c in self.ok_cases:
-            w("| " + " | ".join([c.case, *[_fmt(c.timings.get(s), 3) for s in stages], _fmt(c.total_seconds, 3)])
-              + " |\n")
+            w(
+                "| "
+                + " | ".join([c.case, *[_fmt(c.timings.get(s), 3) for s in stages], _fmt(c.total_seconds, 3)])
+                + " |\n"
+            )
         summ = self.timing_summary()
         for stat in ("median", "mean"):
             w("| " + " | ".join([f"*{stat}*", *[_fmt(summ[s][stat], 3) for s in [*stages, "total"]]]) + " |\n")
@@ -368,8 +399,10 @@ class BenchmarkReport:
 
     # --- CSV --------------------------------------------------------------------------------------------------------
     def _csv_header(self) -> str:
-        lines = [f"# medseg benchmark report: bundle {self.bundle}, split {self.split}, protocol {self.protocol}, "
-                 f"HD95 unit {self.hd95_unit}"]
+        lines = [
+            f"# medseg benchmark report: bundle {self.bundle}, split {self.split}, protocol {self.protocol}, "
+            f"HD95 unit {self.hd95_unit}"
+        ]
         if self.untrained:
             lines.insert(0, f"# {UNTRAINED_BANNER}")
         return "".join(line + "\n" for line in lines)
@@ -379,13 +412,23 @@ class BenchmarkReport:
         buf = io.StringIO()
         buf.write(self._csv_header())
         wr = csv.writer(buf, lineterminator="\n")
-        wr.writerow(["case", "status", "label", "class", "dice", "hd95", "hd95_unit", "protocol", "split",
-                     "untrained"])
+        wr.writerow(["case", "status", "label", "class", "dice", "hd95", "hd95_unit", "protocol", "split", "untrained"])
         for c in self.cases:
             for col in self.classes:
-                wr.writerow([c.case, c.status, col.label, col.short, _csvnum(c.dice.get(col.label)),
-                             _csvnum(c.hd95.get(col.label)), self.hd95_unit, self.protocol, self.split,
-                             int(self.untrained)])
+                wr.writerow(
+                    [
+                        c.case,
+                        c.status,
+                        col.label,
+                        col.short,
+                        _csvnum(c.dice.get(col.label)),
+                        _csvnum(c.hd95.get(col.label)),
+                        self.hd95_unit,
+                        self.protocol,
+                        self.split,
+                        int(self.untrained),
+                    ]
+                )
         return buf.getvalue()
 
     def timings_csv(self) -> str:
@@ -396,8 +439,15 @@ class BenchmarkReport:
         wr = csv.writer(buf, lineterminator="\n")
         wr.writerow(["case", "status", *stages, "total", "untrained"])
         for c in self.cases:
-            wr.writerow([c.case, c.status, *[_csvnum(c.timings.get(s)) for s in stages], f"{c.total_seconds:.6g}",
-                         int(self.untrained)])
+            wr.writerow(
+                [
+                    c.case,
+                    c.status,
+                    *[_csvnum(c.timings.get(s)) for s in stages],
+                    f"{c.total_seconds:.6g}",
+                    int(self.untrained),
+                ]
+            )
         return buf.getvalue()
 
     # --- files ------------------------------------------------------------------------------------------------------
@@ -405,11 +455,18 @@ class BenchmarkReport:
         """Write ``report.md``, ``report.json``, ``report.csv`` and ``timings.csv`` atomically into ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"markdown": out / "report.md", "json": out / "report.json", "csv": out / "report.csv",
-                 "timings_csv": out / "timings.csv"}
+        paths = {
+            "markdown": out / "report.md",
+            "json": out / "report.json",
+            "csv": out / "report.csv",
+            "timings_csv": out / "timings.csv",
+        }
         save_json_atomic(self.to_dict(), paths["json"])
-        for key, text in (("markdown", self.to_markdown()), ("csv", self.to_csv()),
-                          ("timings_csv", self.timings_csv())):
+        for key, text in (
+            ("markdown", self.to_markdown()),
+            ("csv", self.to_csv()),
+            ("timings_csv", self.timings_csv()),
+        ):
             with atomic_path(paths[key]) as tmp:
                 tmp.write_text(text, encoding="utf-8")
         return paths
@@ -441,8 +498,12 @@ def report_from_dict(d: Mapping[str, Any]) -> BenchmarkReport:
     pub = d.get("published")
     cases = [
         CaseResult(
-            case=c["case"], status=c.get("status", "ok"), error=c.get("error"), image=c.get("image", ""),
-            label=c.get("label", ""), prediction=c.get("prediction", ""),
+            case=c["case"],
+            status=c.get("status", "ok"),
+            error=c.get("error"),
+            image=c.get("image", ""),
+            label=c.get("label", ""),
+            prediction=c.get("prediction", ""),
             dice={int(k): v for k, v in c.get("dice", {}).items()},
             hd95={int(k): v for k, v in c.get("hd95", {}).items()},
             timings=dict(c.get("timings", {})),
@@ -450,13 +511,25 @@ def report_from_dict(d: Mapping[str, Any]) -> BenchmarkReport:
         for c in d.get("cases", [])
     ]
     return BenchmarkReport(
-        bundle=d["bundle"], dataset=d["dataset"], split=d["split"], protocol=d["protocol"],
-        classes=[ClassColumn(**c) for c in d["classes"]], cases=cases, untrained=bool(d.get("untrained")),
-        model=d.get("model", ""), weights=d.get("weights"), layout=d.get("layout", ""),
-        split_note=d.get("split_note", ""), protocol_description=d.get("protocol_description", ""),
+        bundle=d["bundle"],
+        dataset=d["dataset"],
+        split=d["split"],
+        protocol=d["protocol"],
+        classes=[ClassColumn(**c) for c in d["classes"]],
+        cases=cases,
+        untrained=bool(d.get("untrained")),
+        model=d.get("model", ""),
+        weights=d.get("weights"),
+        layout=d.get("layout", ""),
+        split_note=d.get("split_note", ""),
+        protocol_description=d.get("protocol_description", ""),
         hd95_unit=d.get("units", {}).get("hd95", "mm"),
-        published=PUBLISHED_TABLES.get(pub["table"]) if pub else None, memory=d.get("memory", {}),
-        environment=d.get("environment", {}), inference_settings=d.get("inference_settings", {}),
-        command=d.get("command", ""), notes=list(d.get("notes", [])), warnings=list(d.get("warnings", [])),
+        published=PUBLISHED_TABLES.get(pub["table"]) if pub else None,
+        memory=d.get("memory", {}),
+        environment=d.get("environment", {}),
+        inference_settings=d.get("inference_settings", {}),
+        command=d.get("command", ""),
+        notes=list(d.get("notes", [])),
+        warnings=list(d.get("warnings", [])),
         wall_seconds=d.get("wall_seconds"),
     )

@@ -141,7 +141,7 @@ def bundle_held_out(bundle_dir: Path, data_root: Path, labelled: Sequence[Mappin
     parser = ConfigParser()
     try:
         parser.read_config(str(cfg))
-        if "datalist" not in parser.config:
+        if "datalist" not in parser.get():  # the whole config (parser.config is typed ConfigItem | None)
             return []
         parser["bundle_root"] = str(bundle_dir.resolve())
         parser["dataset_dir"] = str(data_root.resolve())
@@ -192,15 +192,18 @@ def select_cases(opts: BenchmarkOptions, bundle_dir: Path) -> Selection:
         if held:
             own = {"validation": held}
             splits = {**splits, **own}
-    default = profile.default_split if profile.table is not None else ("validation" if "validation" in splits
-                                                                       else "test")
+    default = (
+        profile.default_split if profile.table is not None else ("validation" if "validation" in splits else "test")
+    )
     name, key, items = pick_split(splits, opts.split, default, source=str(data))
     if key in own:
         source = f"the bundle's held-out cases ({bundle_dir.name}/configs/inference.json 'datalist')"
     missing = info.missing.get(key, [])
     total = len(items) + len(missing)
-    notes.append(f"{name} split from {source}: {len(items)} labelled case(s) present"
-                 + (f" of the {total} listed (absent: {', '.join(missing)})" if missing else ""))
+    notes.append(
+        f"{name} split from {source}: {len(items)} labelled case(s) present"
+        + (f" of the {total} listed (absent: {', '.join(missing)})" if missing else "")
+    )
     if profile.key == "synapse":
         notes.append("upstream (nnFormer/UNETR++) the 12 Synapse test cases also served as the validation set")
     if name in ("training", "train", "Tr", "all"):
@@ -220,8 +223,9 @@ def _spacing(affine: np.ndarray) -> tuple[float, ...]:
     return tuple(float(s) for s in np.sqrt((a * a).sum(axis=0)))
 
 
-def score_case(pred_path: str | Path, label_path: str | Path, labels: Sequence[int],
-               protocol: Any) -> tuple[dict[int, float | None], dict[int, float | None]]:
+def score_case(
+    pred_path: str | Path, label_path: str | Path, labels: Sequence[int], protocol: Any
+) -> tuple[dict[int, float | None], dict[int, float | None]]:
     """DSC and HD95 per label id of one prediction file against its label file, on the label's grid.
 
     ``protocol`` is a protocol name or a :class:`pipeline.evaluation.protocols.Protocol`. Both files are read with
@@ -237,12 +241,15 @@ def score_case(pred_path: str | Path, label_path: str | Path, labels: Sequence[i
     pred = load_volume(pred_path, dtype=None)
     lab = load_volume(label_path, dtype=None)
     if tuple(pred.shape) != tuple(lab.shape):
-        raise InputDataError(f"prediction shape {tuple(pred.shape[1:])} differs from the label's "
-                             f"{tuple(lab.shape[1:])} ({label_path})", path=pred_path)
+        raise InputDataError(
+            f"prediction shape {tuple(pred.shape[1:])} differs from the label's {tuple(lab.shape[1:])} ({label_path})",
+            path=pred_path,
+        )
     pa, la = np.asarray(pred.affine, float), np.asarray(lab.affine, float)
     if not np.allclose(pa, la, atol=1e-3):
-        raise InputDataError(f"prediction affine differs from the label's ({label_path}): not on the original grid",
-                             path=pred_path)
+        raise InputDataError(
+            f"prediction affine differs from the label's ({label_path}): not on the original grid", path=pred_path
+        )
     try:
         rows = evaluate_case(np.asarray(pred[0]), np.asarray(lab[0]), _spacing(la), list(labels), protocol)
     except ValueError as exc:
@@ -262,7 +269,7 @@ def _fingerprint(bundle_dir: Path, weights: Path | None, opts: BenchmarkOptions)
         "bundle": str(bundle_dir),
         "weights_sha256": _sha256(weights) if weights else "untrained",
         "device": opts.device,
-        "inference": {k: v for k, v in sorted(opts.inference.items())},
+        "inference": dict(sorted(opts.inference.items())),
     }
 
 
@@ -284,8 +291,10 @@ def run_benchmark(opts: BenchmarkOptions) -> tuple[BenchmarkReport, dict[str, Pa
     if fp_file.is_file() and not opts.overwrite:
         old = json.loads(fp_file.read_text())
         if old != fp:
-            raise UsageError(f"{out_dir} holds predictions made with other weights or settings; pass --overwrite "
-                             "or choose another --out")
+            raise UsageError(
+                f"{out_dir} holds predictions made with other weights or settings; pass --overwrite "
+                "or choose another --out"
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(fp, fp_file)
 
@@ -327,8 +336,7 @@ def run_benchmark(opts: BenchmarkOptions) -> tuple[BenchmarkReport, dict[str, Pa
         weights=str(weights) if weights else None,
         layout=sel.layout,
         split_note=sel.note,
-        protocol_description=proto.summary + (f" (overrides: {', '.join(proto.overrides)})" if proto.overrides
-                                              else ""),
+        protocol_description=proto.summary + (f" (overrides: {', '.join(proto.overrides)})" if proto.overrides else ""),
         warnings=[proto.warning] if proto.warning else [],
         hd95_unit=proto.units,
         published=sel.profile.table,
@@ -336,11 +344,20 @@ def run_benchmark(opts: BenchmarkOptions) -> tuple[BenchmarkReport, dict[str, Pa
         environment=system_stamp(opts.device),
         inference_settings=model.settings,
         command=opts.command,
-        notes=[sel.profile.why, *model.notes,
-               f"one untimed warm-up forward pass ({warm:.2f} s) ran before the first case",
-               "the metrics stage includes reading the prediction and the label files",
-               *([f"predictions of {', '.join(reused)} were reused from {pred_dir} (their inference timings are "
-                  "those recorded when they were made; --overwrite redoes them)"] if reused else [])],
+        notes=[
+            sel.profile.why,
+            *model.notes,
+            f"one untimed warm-up forward pass ({warm:.2f} s) ran before the first case",
+            "the metrics stage includes reading the prediction and the label files",
+            *(
+                [
+                    f"predictions of {', '.join(reused)} were reused from {pred_dir} (their inference timings are "
+                    "those recorded when they were made; --overwrite redoes them)"
+                ]
+                if reused
+                else []
+            ),
+        ],
         wall_seconds=time.perf_counter() - t_start,
     )
     paths = report.write(out_dir)

@@ -62,8 +62,13 @@ def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> dic
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
-            "times_s": times}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": repeats,
+        "times_s": times,
+    }
 
 
 def command_line(argv: Sequence[str] | None = None, script: str | None = None) -> str:
@@ -73,8 +78,15 @@ def command_line(argv: Sequence[str] | None = None, script: str | None = None) -
     return shlex.join(["python", str(prog), *map(str, args)])
 
 
-def section_markdown(title: str, table: str, *, command: str, stamp: Mapping[str, Any] | None = None,
-                     notes: Sequence[str] = (), script: str | None = None) -> str:
+def section_markdown(
+    title: str,
+    table: str,
+    *,
+    command: str,
+    stamp: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    script: str | None = None,
+) -> str:
     """One results section: heading, marker, command, date, machine line, versions, table, notes."""
     st = dict(stamp or system_stamp())
     marker = f"<!-- medseg-bench-section script={script or ''} date={st.get('date', '')} -->"
@@ -96,12 +108,18 @@ def section_markdown(title: str, table: str, *, command: str, stamp: Mapping[str
     return "\n".join(parts)
 
 
-def write_section(path: str | Path, title: str, table: str, *, command: str,
-                  stamp: Mapping[str, Any] | None = None, notes: Sequence[str] = (),
-                  script: str | None = None) -> Path:
+def write_section(
+    path: str | Path,
+    title: str,
+    table: str,
+    *,
+    command: str,
+    stamp: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    script: str | None = None,
+) -> Path:
     """Write :func:`section_markdown` atomically to ``path`` (the ``--out FILE`` of a benchmark script)."""
-    text = section_markdown(title, table, command=command, stamp=stamp, notes=notes,
-                            script=script or Path(path).stem)
+    text = section_markdown(title, table, command=command, stamp=stamp, notes=notes, script=script or Path(path).stem)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
@@ -164,10 +182,16 @@ def note_file(notes_dir: str | Path | None, section: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def assemble_results(sections: Sequence[str | Path], *, run_log: Sequence[Mapping[str, Any]] = (),
-                     stamp: Mapping[str, Any] | None = None, command: str = "",
-                     title: str = "Benchmark results", notes_dir: str | Path | None = None,
-                     stamped: bool = True) -> str:
+def assemble_results(
+    sections: Sequence[str | Path],
+    *,
+    run_log: Sequence[Mapping[str, Any]] = (),
+    stamp: Mapping[str, Any] | None = None,
+    command: str = "",
+    title: str = "Benchmark results",
+    notes_dir: str | Path | None = None,
+    stamped: bool = True,
+) -> str:
     """Build RESULTS.md: a stamped header, a run log (script, status, seconds), an index, then every section, each
     followed by its notes.
 
@@ -208,18 +232,27 @@ def assemble_results(sections: Sequence[str | Path], *, run_log: Sequence[Mappin
             "",
         ]
     else:
-        out += ["- assembled from the section files without a suite run (no record of one): each section states "
-                "its own command, date, machine and versions", ""]
+        out += [
+            "- assembled from the section files without a suite run (no record of one): each section states "
+            "its own command, date, machine and versions",
+            "",
+        ]
     if run_log:
         out += ["## Suite run", ""]
-        rows = [[r.get("name"), r.get("status"), _secs(r.get("seconds")), r.get("returncode"),
-                 r.get("error") or ""] for r in run_log]
+        rows = [
+            [r.get("name"), r.get("status"), _secs(r.get("seconds")), r.get("returncode"), r.get("error") or ""]
+            for r in run_log
+        ]
         out += [markdown_table(["script", "status", "seconds", "exit code", "problem"], rows), ""]
     out += ["## Contents", ""]
     if infos:
-        out += [markdown_table(["section", "file", "measured", "notes"],
-                               [[i.title, i.path.name, i.date, f"notes/{n.name}" if n else None]
-                                for i, n in zip(infos, notes)]), ""]
+        out += [
+            markdown_table(
+                ["section", "file", "measured", "notes"],
+                [[i.title, i.path.name, i.date, f"notes/{n.name}" if n else None] for i, n in zip(infos, notes)],
+            ),
+            "",
+        ]
     else:
         out += ["No section files found.", ""]
     for info, note in zip(infos, notes):

@@ -51,8 +51,11 @@ _RECORD_KEYS = ("name", "status", "seconds", "returncode", "error")
 
 def save_run_record(results_dir: Path, stamp: dict[str, Any], command: str, run_log: Sequence[dict[str, Any]]) -> Path:
     """Write ``<results_dir>/suite_run.json``: what the header and run log of RESULTS.md are built from."""
-    record = {"stamp": stamp, "command": command,
-              "run_log": [{k: entry.get(k) for k in _RECORD_KEYS} for entry in run_log]}
+    record = {
+        "stamp": stamp,
+        "command": command,
+        "run_log": [{k: entry.get(k) for k in _RECORD_KEYS} for entry in run_log],
+    }
     return save_json_atomic(record, results_dir / RUN_RECORD)
 
 
@@ -76,8 +79,7 @@ def load_run_record(results_dir: Path) -> dict[str, Any] | None:
 
 def discover_scripts(bench_dir: Path) -> list[Path]:
     """Benchmark scripts in ``bench_dir``: the known ones first (if present), then others defining ``main(``."""
-    found = {p.stem: p for p in sorted(bench_dir.glob("*.py"))
-             if p.stem not in EXCLUDED and not p.stem.startswith("_")}
+    found = {p.stem: p for p in sorted(bench_dir.glob("*.py")) if p.stem not in EXCLUDED and not p.stem.startswith("_")}
     ordered = [found.pop(n) for n in KNOWN_SCRIPTS if n in found]
     for stem in sorted(found):
         p = found[stem]
@@ -98,23 +100,30 @@ def _tail(path: Path, n: int = 3) -> str:
     return " / ".join(lines[-n:])[:300]
 
 
-def run_script(script: Path, *, out: Path, repeats: int, quick: bool, log: Path, timeout: float | None,
-               env: dict[str, str]) -> dict[str, Any]:
+def run_script(
+    script: Path, *, out: Path, repeats: int, quick: bool, log: Path, timeout: float | None, env: dict[str, str]
+) -> dict[str, Any]:
     """Run one script as a child process; its stdout/stderr go to ``log``. Returns a run-log entry."""
     cmd = [sys.executable, str(script), "--out", str(out), "--repeats", str(repeats)]
     if quick:
         cmd.append("--quick")
     log.parent.mkdir(parents=True, exist_ok=True)
-    entry: dict[str, Any] = {"name": script.stem, "command": " ".join(cmd), "section": None, "error": None,
-                             "log": str(log)}
+    entry: dict[str, Any] = {
+        "name": script.stem,
+        "command": " ".join(cmd),
+        "section": None,
+        "error": None,
+        "log": str(log),
+    }
     before = out.stat().st_mtime_ns if out.exists() else None
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
         try:
-            proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                  timeout=timeout, check=False)
+            proc = subprocess.run(
+                cmd, cwd=PROJECT_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            )
             rc: int | None = proc.returncode
         except subprocess.TimeoutExpired:
             rc = None
@@ -142,27 +151,58 @@ def build_parser() -> argparse.ArgumentParser:
         prog="benchmarks/run_all.py",
         description="Run the benchmark scripts one after another and regenerate benchmarks/RESULTS.md.",
     )
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: pass --quick to every script and write under outputs/bench_quick/ by default")
-    p.add_argument("--only", action="append", default=[], metavar="NAME",
-                   help="run only this script (stem, e.g. unetrpp_forward); repeatable. Sections of the other "
-                        "scripts already in the results folder are still assembled")
-    p.add_argument("--repeats", type=int, default=MIN_REPEATS,
-                   help=f"repeats per figure, passed to each script (median; at least {MIN_REPEATS})")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: pass --quick to every script and write under outputs/bench_quick/ by default",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this script (stem, e.g. unetrpp_forward); repeatable. Sections of the other "
+        "scripts already in the results folder are still assembled",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=MIN_REPEATS,
+        help=f"repeats per figure, passed to each script (median; at least {MIN_REPEATS})",
+    )
     p.add_argument("--scripts-dir", type=Path, default=BENCH_DIR, help="folder holding the benchmark scripts")
-    p.add_argument("--results-dir", type=Path, default=None,
-                   help="folder of the per-script sections (default benchmarks/results, or outputs/bench_quick/"
-                        "results with --quick)")
-    p.add_argument("--output", type=Path, default=None,
-                   help="the assembled file (default benchmarks/RESULTS.md, or outputs/bench_quick/RESULTS.md "
-                        "with --quick)")
-    p.add_argument("--notes-dir", type=Path, default=None,
-                   help="hand-written notes, <script>.md, printed after each section (default: notes/ next to the "
-                        "results folder, i.e. benchmarks/notes)")
-    p.add_argument("--logs-dir", type=Path, default=None,
-                   help="where each script's stdout/stderr is kept (default outputs/bench_logs)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="set OMP_NUM_THREADS/MKL_NUM_THREADS for the scripts (default: inherit)")
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="folder of the per-script sections (default benchmarks/results, or outputs/bench_quick/"
+        "results with --quick)",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="the assembled file (default benchmarks/RESULTS.md, or outputs/bench_quick/RESULTS.md with --quick)",
+    )
+    p.add_argument(
+        "--notes-dir",
+        type=Path,
+        default=None,
+        help="hand-written notes, <script>.md, printed after each section (default: notes/ next to the "
+        "results folder, i.e. benchmarks/notes)",
+    )
+    p.add_argument(
+        "--logs-dir",
+        type=Path,
+        default=None,
+        help="where each script's stdout/stderr is kept (default outputs/bench_logs)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="set OMP_NUM_THREADS/MKL_NUM_THREADS for the scripts (default: inherit)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a script is killed")
     p.add_argument("--no-run", action="store_true", help="only assemble RESULTS.md from the existing sections")
     p.add_argument("--list", action="store_true", help="list the scripts that would run and exit")
@@ -184,8 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = {p.stem: p for p in scripts}
         unknown = [n for n in args.only if n not in names]
         if unknown:
-            raise UsageError(f"--only {', '.join(unknown)}: no such script in {args.scripts_dir} "
-                             f"(have {', '.join(names) or 'none'})")
+            raise UsageError(
+                f"--only {', '.join(unknown)}: no such script in {args.scripts_dir} (have {', '.join(names) or 'none'})"
+            )
         scripts = [names[n] for n in args.only]
     if args.list:
         for s in scripts:
@@ -202,18 +243,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         results_dir.mkdir(parents=True, exist_ok=True)
         for script in scripts:
             print(f"[run_all] {script.stem} ...", flush=True)
-            entry = run_script(script, out=results_dir / f"{script.stem}.md", repeats=args.repeats,
-                               quick=args.quick, log=logs_dir / f"{script.stem}.log", timeout=args.timeout,
-                               env=env)
-            print(f"[run_all] {script.stem}: {entry['status']} in {entry['seconds']:.1f} s"
-                  + (f" ({entry['error']})" if entry["error"] else ""), flush=True)
+            entry = run_script(
+                script,
+                out=results_dir / f"{script.stem}.md",
+                repeats=args.repeats,
+                quick=args.quick,
+                log=logs_dir / f"{script.stem}.log",
+                timeout=args.timeout,
+                env=env,
+            )
+            print(
+                f"[run_all] {script.stem}: {entry['status']} in {entry['seconds']:.1f} s"
+                + (f" ({entry['error']})" if entry["error"] else ""),
+                flush=True,
+            )
             if entry["status"] == "ok":
                 print(Path(entry["section"]).read_text(encoding="utf-8"), flush=True)
             run_log.append(entry)
 
     order = {s.stem: i for i, s in enumerate(discover_scripts(args.scripts_dir))}
-    sections = sorted(results_dir.glob("*.md"), key=lambda p: (order.get(p.stem, len(order)), p.stem)) \
-        if results_dir.is_dir() else []
+    sections = (
+        sorted(results_dir.glob("*.md"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
+        if results_dir.is_dir()
+        else []
+    )
     notes_dir = args.notes_dir or results_dir.parent / "notes"
     if not args.no_run:
         save_run_record(results_dir, system_stamp(), command_line(args_list, "benchmarks/run_all.py"), run_log)
@@ -222,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if record is None:
         text = assemble_results(sections, notes_dir=notes_dir, stamped=False)
     else:
-        text = assemble_results(sections, run_log=record["run_log"], stamp=record["stamp"],
-                                command=record["command"], notes_dir=notes_dir)
+        text = assemble_results(
+            sections, run_log=record["run_log"], stamp=record["stamp"], command=record["command"], notes_dir=notes_dir
+        )
     with atomic_path(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
     print(f"[run_all] wrote {output} ({len(sections)} section(s))", flush=True)

@@ -22,12 +22,16 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pipeline.data.input_report import input_warnings
 from pipeline.errors import InputDataError, PipelineError
+
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
 
 #: maximum difference (mm) between the image and label grids, after bringing both to a canonical orientation
 GRID_TOLERANCE_MM = 1e-3
@@ -86,29 +90,40 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (``medseg datasets check --json``)."""
         return {
-            "path": self.path, "layout": self.layout, "axis_order": self.axis_order,
-            "labels": {str(k): v for k, v in self.labels.items()}, "ok": self.ok, "n_cases": self.n_cases,
-            "n_broken": len(self.broken), "problems": list(self.problems),
-            "cases": [{**asdict(c), "ok": c.ok, "label_counts": None if c.label_counts is None else
-                       {str(k): v for k, v in c.label_counts.items()}} for c in self.cases],
+            "path": self.path,
+            "layout": self.layout,
+            "axis_order": self.axis_order,
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "ok": self.ok,
+            "n_cases": self.n_cases,
+            "n_broken": len(self.broken),
+            "problems": list(self.problems),
+            "cases": [
+                {
+                    **asdict(c),
+                    "ok": c.ok,
+                    "label_counts": None if c.label_counts is None else {str(k): v for k, v in c.label_counts.items()},
+                }
+                for c in self.cases
+            ],
         }
 
 
 # ------------------------------------------------------------------------------------------------------------ geometry
-def spacing_from_affine(affine: np.ndarray) -> np.ndarray:
+def spacing_from_affine(affine: npt.ArrayLike) -> np.ndarray:
     """Voxel size (mm) along each array axis: the column norms of the affine's 3x3 part."""
     a = np.asarray(affine, dtype=np.float64)
     return np.sqrt((a[:3, :3] ** 2).sum(axis=0))
 
 
-def orientation_code(affine: np.ndarray) -> str:
+def orientation_code(affine: npt.ArrayLike) -> str:
     """Axis codes such as ``RAS`` / ``LPS`` of a RAS-world affine (nibabel convention)."""
     import nibabel as nib
 
     return "".join(nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
 
 
-def canonical_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+def canonical_grid(shape: Sequence[int], affine: npt.ArrayLike) -> tuple[tuple[int, ...], np.ndarray]:
     """The same voxel grid re-indexed to the closest canonical (RAS) axis order: (shape, affine)."""
     from nibabel.orientations import inv_ornt_aff, io_orientation
 
@@ -121,8 +136,9 @@ def canonical_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int,
     return tuple(new_shape), new_aff
 
 
-def grid_difference(shape_a: Sequence[int], aff_a: np.ndarray, shape_b: Sequence[int], aff_b: np.ndarray
-                    ) -> tuple[bool, float]:
+def grid_difference(
+    shape_a: Sequence[int], aff_a: npt.ArrayLike, shape_b: Sequence[int], aff_b: npt.ArrayLike
+) -> tuple[bool, float]:
     """(same shape after canonical reorientation, max |affine difference| in mm) of two voxel grids.
 
     Two grids that cover the same voxels with different axis orders/flips (a DICOM series and a NIfTI label written in
@@ -134,7 +150,7 @@ def grid_difference(shape_a: Sequence[int], aff_a: np.ndarray, shape_b: Sequence
 
 
 # ------------------------------------------------------------------------------------------------------------ checking
-def _load(path: str, what: str, problems: list[str]):
+def _load(path: str, what: str, problems: list[str]) -> MetaTensor | None:
     from pipeline.data.io import file_kind, load_volume
 
     if file_kind(path) == "missing":  # a broken link, a link loop or a FIFO is described by load_volume
@@ -150,10 +166,11 @@ def _load(path: str, what: str, problems: list[str]):
         return None
 
 
-def _load_image(image: str | list[str], problems: list[str]):
+def _load_image(image: str | list[str], problems: list[str]) -> MetaTensor | None:
     if isinstance(image, (list, tuple)):
-        vols = [_load(p, f"image channel {i}", problems) for i, p in enumerate(image)]
-        if any(v is None for v in vols):
+        loaded = [_load(p, f"image channel {i}", problems) for i, p in enumerate(image)]
+        vols = [v for v in loaded if v is not None]
+        if len(vols) != len(loaded):
             return None
         shapes = {tuple(v.shape[1:]) for v in vols}
         if len(shapes) > 1:
@@ -219,18 +236,24 @@ def check_case(
         larr = lab.as_tensor().numpy()
         lshape = [int(s) for s in larr.shape[1:]]
         if larr.shape[0] != 1 or larr.ndim != 4:
-            rep.problems.append(f"label has shape {list(larr.shape[1:])} with {larr.shape[0]} channel(s), "
-                                "expected one 3D label map")
+            rep.problems.append(
+                f"label has shape {list(larr.shape[1:])} with {larr.shape[0]} channel(s), expected one 3D label map"
+            )
         if img is not None and larr.ndim == 4 and rep.shape is not None:
-            same_shape, diff = grid_difference(lshape, lab.affine, rep.shape, img.affine) \
-                if len(lshape) == len(rep.shape) == 3 else (lshape == rep.shape, 0.0)
+            same_shape, diff = (
+                grid_difference(lshape, lab.affine, rep.shape, img.affine)
+                if len(lshape) == len(rep.shape) == 3
+                else (lshape == rep.shape, 0.0)
+            )
             if lshape != rep.shape and not same_shape:
                 rep.problems.append(f"label shape {lshape} != image shape {rep.shape}")
             elif diff > GRID_TOLERANCE_MM * max(1.0, min(rep.spacing or [1.0])):
                 rep.problems.append(f"label affine differs from the image affine by up to {diff:.4g} mm")
             elif lshape != rep.shape or orientation_code(lab.affine) != rep.orientation:
-                rep.notes.append(f"label stored as {orientation_code(lab.affine)} {lshape}, image as "
-                                 f"{rep.orientation} {rep.shape}: same grid")
+                rep.notes.append(
+                    f"label stored as {orientation_code(lab.affine)} {lshape}, image as "
+                    f"{rep.orientation} {rep.shape}: same grid"
+                )
         if np.issubdtype(larr.dtype, np.floating):
             if not np.isfinite(larr).all():
                 rep.problems.append("label has NaN/Inf voxels")
@@ -240,7 +263,7 @@ def check_case(
         values, counts = np.unique(np.round(larr).astype(np.int64), return_counts=True)
         rep.label_counts = {int(v): int(c) for v, c in zip(values, counts)}
         if label_ids is not None:
-            declared = set(int(i) for i in label_ids)
+            declared = {int(i) for i in label_ids}
             bad = sorted(set(rep.label_counts) - declared)
             if bad:
                 rep.problems.append(f"label values {bad} are not in the declared label set {sorted(declared)}")
@@ -327,10 +350,22 @@ def check_dataset(
         problems.append("no cases found")
     channels = len(info.channels) if info.channels else None
     label_ids = info.label_ids or None
-    reports = check_items(pairs, label_ids=label_ids, expected_channels=channels, axis_order=info.axis_order,
-                          workers=workers, progress=progress)
-    return CheckReport(path=str(path), layout=info.layout, labels=dict(info.labels), cases=reports, problems=problems,
-                       axis_order=info.axis_order)
+    reports = check_items(
+        pairs,
+        label_ids=label_ids,
+        expected_channels=channels,
+        axis_order=info.axis_order,
+        workers=workers,
+        progress=progress,
+    )
+    return CheckReport(
+        path=str(path),
+        layout=info.layout,
+        labels=dict(info.labels),
+        cases=reports,
+        problems=problems,
+        axis_order=info.axis_order,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------ output
@@ -354,11 +389,23 @@ def format_table(report: CheckReport, *, max_rows: int | None = None) -> str:
         spacing = "x".join(f"{s:g}" for s in c.spacing) if c.spacing else "-"
         inten = f"{_fmt_num(c.intensity_min)}..{_fmt_num(c.intensity_max)}" if c.intensity_min is not None else "-"
         counts = " ".join(f"{k}:{v}" for k, v in sorted(c.label_counts.items()) if k != 0) if c.label_counts else "-"
-        rows.append([c.case, c.split, "OK" if c.ok else "BROKEN", shape, spacing, c.orientation or "-", inten,
-                     counts or "(empty)"])
+        rows.append(
+            [
+                c.case,
+                c.split,
+                "OK" if c.ok else "BROKEN",
+                shape,
+                spacing,
+                c.orientation or "-",
+                inten,
+                counts or "(empty)",
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in rows]
     if max_rows is not None and len(report.cases) > max_rows:
         lines.append(f"... {len(report.cases) - max_rows} more cases")
@@ -368,20 +415,27 @@ def format_table(report: CheckReport, *, max_rows: int | None = None) -> str:
 def format_summary(report: CheckReport) -> str:
     """Aggregate lines: counts, shape/spacing ranges, orientations, intensity range, total label voxels."""
     good = [c for c in report.cases if c.shape]
-    lines = [f"dataset: {report.path}", f"layout: {report.layout} (array axis order {report.axis_order})",
-             "labels: " + (", ".join(f"{k}={v}" for k, v in report.labels.items()) or "(not declared)"),
-             f"cases: {report.n_cases}, OK: {report.n_cases - len(report.broken)}, broken: {len(report.broken)}"
-             + (f", with warnings: {n_warn}" if (n_warn := sum(bool(c.warnings) for c in report.cases)) else "")]
+    lines = [
+        f"dataset: {report.path}",
+        f"layout: {report.layout} (array axis order {report.axis_order})",
+        "labels: " + (", ".join(f"{k}={v}" for k, v in report.labels.items()) or "(not declared)"),
+        f"cases: {report.n_cases}, OK: {report.n_cases - len(report.broken)}, broken: {len(report.broken)}"
+        + (f", with warnings: {n_warn}" if (n_warn := sum(bool(c.warnings) for c in report.cases)) else ""),
+    ]
     if good:
-        shapes = np.array([c.shape for c in good if len(c.shape) == 3]) if any(len(c.shape) == 3 for c in good) \
-            else None
+        shapes3 = [c.shape for c in good if c.shape and len(c.shape) == 3]
+        shapes = np.array(shapes3) if shapes3 else None
         if shapes is not None and len(shapes):
-            lines.append("shape min/median/max: " + " / ".join(
-                "x".join(str(int(v)) for v in f(shapes, axis=0)) for f in (np.min, np.median, np.max)))
+            lines.append(
+                "shape min/median/max: "
+                + " / ".join("x".join(str(int(v)) for v in f(shapes, axis=0)) for f in (np.min, np.median, np.max))
+            )
         sp = np.array([c.spacing for c in good if c.spacing and len(c.spacing) == 3])
         if len(sp):
-            lines.append("spacing min/median/max (mm): " + " / ".join(
-                "x".join(f"{v:.3g}" for v in f(sp, axis=0)) for f in (np.min, np.median, np.max)))
+            lines.append(
+                "spacing min/median/max (mm): "
+                + " / ".join("x".join(f"{v:.3g}" for v in f(sp, axis=0)) for f in (np.min, np.median, np.max))
+            )
         orients: dict[str, int] = {}
         for c in good:
             orients[c.orientation or "-"] = orients.get(c.orientation or "-", 0) + 1
@@ -389,8 +443,10 @@ def format_summary(report: CheckReport) -> str:
         mins = [c.intensity_min for c in good if c.intensity_min is not None]
         maxs = [c.intensity_max for c in good if c.intensity_max is not None]
         if mins:
-            lines.append(f"intensity: min {_fmt_num(min(mins))}, max {_fmt_num(max(maxs))}, per-case max from "
-                         f"{_fmt_num(min(maxs))} to {_fmt_num(max(maxs))}")
+            lines.append(
+                f"intensity: min {_fmt_num(min(mins))}, max {_fmt_num(max(maxs))}, per-case max from "
+                f"{_fmt_num(min(maxs))} to {_fmt_num(max(maxs))}"
+            )
         total: dict[int, int] = {}
         for c in good:
             for k, v in (c.label_counts or {}).items():

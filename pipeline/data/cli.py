@@ -19,9 +19,9 @@ from pipeline.errors import EXIT_INPUT, EXIT_OK
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.data.check import check_dataset, format_problems, format_summary, format_table
+    from pipeline.data.check import CaseReport, check_dataset, format_problems, format_summary, format_table
 
-    def progress(rep) -> None:
+    def progress(rep: CaseReport) -> None:
         if rep.ok:
             print(f"OK      {rep.case}" + (f"  ({'; '.join(rep.notes)})" if rep.notes and args.verbose else ""))
         else:
@@ -43,8 +43,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"report written to {args.json}")
     if not report.ok:
         print()
-        print(f"{len(report.broken)} of {report.n_cases} case(s) broken"
-              + (f", {len(report.problems)} dataset problem(s)" if report.problems else "") + ":")
+        print(
+            f"{len(report.broken)} of {report.n_cases} case(s) broken"
+            + (f", {len(report.problems)} dataset problem(s)" if report.problems else "")
+            + ":"
+        )
         print(format_problems(report))
         return EXIT_INPUT
     print(f"\nall {report.n_cases} case(s) OK")
@@ -57,14 +60,17 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).exists() and not args.overwrite:
         print(f"skipped: {args.out} exists (pass --overwrite to recompute it)")
         return EXIT_OK
-    fp = compute_fingerprint(args.path, split=args.split,
-                             progress=(lambda c: print(f"done    {c}", flush=True)) if args.verbose else None)
+    fp = compute_fingerprint(
+        args.path, split=args.split, progress=(lambda c: print(f"done    {c}", flush=True)) if args.verbose else None
+    )
     print(f"dataset: {fp['dataset']} ({fp['layout']}, {fp['num_cases']} labelled cases)")
     print("median spacing (x, y, z) mm: " + " x ".join(f"{s:.4g}" for s in fp["median_spacing"]))
     for c, st in fp["foreground_intensity"].items():
         if st.get("n_voxels"):
-            print(f"foreground intensity, channel {c} ({st['name']}): mean {st['mean']:.4g}, std {st['std']:.4g}, "
-                  f"p0.5 {st['percentile_00_5']:.4g}, p99.5 {st['percentile_99_5']:.4g} over {st['n_voxels']} voxels")
+            print(
+                f"foreground intensity, channel {c} ({st['name']}): mean {st['mean']:.4g}, std {st['std']:.4g}, "
+                f"p0.5 {st['percentile_00_5']:.4g}, p99.5 {st['percentile_99_5']:.4g} over {st['n_voxels']} voxels"
+            )
     print("class voxel counts: " + ", ".join(f"{k}:{v}" for k, v in fp["class_voxel_counts"].items()))
     if args.out:
         write_fingerprint(fp, args.out, overwrite=args.overwrite)
@@ -83,8 +89,10 @@ def _cmd_derive(args: argparse.Namespace) -> int:
         return EXIT_OK
     result = derive_label_map(args.transunet, args.rawdata, cases=args.cases)
     at = result["axis_transform"]
-    print(f"cases: {', '.join(result['cases'])}; raw label transpose {at['raw_xyz_transpose']}, "
-          f"flips {at['flip_axes_after_transpose']}; overall agreement {result['overall_agreement']:.4f}")
+    print(
+        f"cases: {', '.join(result['cases'])}; raw label transpose {at['raw_xyz_transpose']}, "
+        f"flips {at['flip_axes_after_transpose']}; overall agreement {result['overall_agreement']:.4f}"
+    )
     print("| TransUNet id | raw id | organ | agreement | voxels |")
     print("|---|---|---|---|---|")
     for k, m in result["mapping"].items():
@@ -103,12 +111,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(f"layout: {info.layout} (axis order {info.axis_order}); name: {info.name}; modality: {info.modality or '-'}")
     print("labels: " + (", ".join(f"{k}={v}" for k, v in info.labels.items()) or "(not declared)"))
     if info.metadata.get("not_in_split_file"):
-        print(f"cases not in the split file {info.metadata.get('split_file')}: "
-              + ", ".join(info.metadata["not_in_split_file"]))
+        print(
+            f"cases not in the split file {info.metadata.get('split_file')}: "
+            + ", ".join(info.metadata["not_in_split_file"])
+        )
     for name, items in info.splits.items():
         missing = info.missing.get(name) or []
-        print(f"{name}: {len(items)} case(s)" + (f" ({len(missing)} listed in the split file but absent)"
-                                                  if missing else ""))
+        print(
+            f"{name}: {len(items)} case(s)"
+            + (f" ({len(missing)} listed in the split file but absent)" if missing else "")
+        )
         if args.verbose:
             for it in items:
                 print(f"  {it['case']}: {it['image']}" + (f" | {it['label']}" if it.get("label") else ""))
@@ -117,15 +129,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``datasets`` with its sub-commands to the ``medseg`` parser."""
-    p = subparsers.add_parser("datasets", help="check, fingerprint and inspect datasets",
-                              description="Dataset tools: validate every case, compute normalisation fingerprints, "
-                              "derive the TransUNet label map, list detected layouts and splits.")
+    p = subparsers.add_parser(
+        "datasets",
+        help="check, fingerprint and inspect datasets",
+        description="Dataset tools: validate every case, compute normalisation fingerprints, "
+        "derive the TransUNet label map, list detected layouts and splits.",
+    )
     sub = p.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     c = sub.add_parser("check", help="validate every case and print a summary table (exit 3 if any is broken)")
-    c.add_argument("path", help="dataset folder (MSD, BTCV dataset_0.json, Synapse RawData, TransUNet, nnU-Net v1/v2, "
-                                "plain folder, DICOM series folders)")
+    c.add_argument(
+        "path",
+        help="dataset folder (MSD, BTCV dataset_0.json, Synapse RawData, TransUNet, nnU-Net v1/v2, "
+        "plain folder, DICOM series folders)",
+    )
     c.add_argument("--split", help="only this split, or an official split file (synapse, btcv, lung)")
     c.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     c.add_argument("--json", metavar="FILE", help="also write the full report as JSON")

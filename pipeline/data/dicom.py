@@ -36,8 +36,15 @@ import numpy as np
 
 from pipeline.errors import InputDataError
 
-__all__ = ["DicomSeries", "SeriesChoice", "choose_dicom_series", "list_dicom_series", "preferred_dicom_series",
-           "preferred_series_uids", "slice_spacing"]
+__all__ = [
+    "DicomSeries",
+    "SeriesChoice",
+    "choose_dicom_series",
+    "list_dicom_series",
+    "preferred_dicom_series",
+    "preferred_series_uids",
+    "slice_spacing",
+]
 
 #: gaps differing from the median by more than this fraction of it (or 0.01 mm) make the spacing uneven
 GAP_TOLERANCE = 0.01
@@ -144,11 +151,18 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
             ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(scan)))
             out = []
             for sid in ids:
-                files = tuple(str(p / Path(f).name)
-                              for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(scan), sid))
+                files = tuple(
+                    str(p / Path(f).name) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(scan), sid)
+                )
                 ds = _read_tags(files[0], ["SeriesDescription", "Modality"]) if files else None
-                out.append(DicomSeries(sid, files, str(getattr(ds, "SeriesDescription", "") or "").strip(),
-                                       str(getattr(ds, "Modality", "") or "").strip()))
+                out.append(
+                    DicomSeries(
+                        sid,
+                        files,
+                        str(getattr(ds, "SeriesDescription", "") or "").strip(),
+                        str(getattr(ds, "Modality", "") or "").strip(),
+                    )
+                )
         return out
     except (RuntimeError, OSError):
         return []
@@ -164,8 +178,14 @@ def slice_spacing(files: Sequence[str]) -> dict[str, Any]:
         the slices with), ``"uniform"`` (bool) and ``"warning"``: one phrase describing what is wrong, or None.
         For a single slice or slices without positions, the gaps are None and ``uniform`` is None.
     """
-    out: dict[str, Any] = {"median": None, "min": None, "max": None, "uniform_as_read": None, "uniform": None,
-                           "warning": None}
+    out: dict[str, Any] = {
+        "median": None,
+        "min": None,
+        "max": None,
+        "uniform_as_read": None,
+        "uniform": None,
+        "warning": None,
+    }
     if len(files) < 2:
         return out
     positions, orientations, missing = [], [], 0
@@ -179,8 +199,10 @@ def slice_spacing(files: Sequence[str]) -> dict[str, Any]:
         positions.append([float(v) for v in ipp])
         orientations.append([float(v) for v in iop])
     if missing:
-        out["warning"] = (f"{missing} of {len(files)} slices have no ImagePositionPatient/ImageOrientationPatient: "
-                          "the slice spacing cannot be checked")
+        out["warning"] = (
+            f"{missing} of {len(files)} slices have no ImagePositionPatient/ImageOrientationPatient: "
+            "the slice spacing cannot be checked"
+        )
         return out
     iop = np.asarray(orientations)
     normal = np.cross(iop[0, :3], iop[0, 3:])
@@ -191,8 +213,12 @@ def slice_spacing(files: Sequence[str]) -> dict[str, Any]:
     gaps = np.diff(pos)
     median = float(np.median(gaps))
     as_read = float((pos[-1] - pos[0]) / (len(pos) - 1))
-    out.update(median=round(median, 6), min=round(float(gaps.min()), 6), max=round(float(gaps.max()), 6),
-               uniform_as_read=round(as_read, 6))
+    out.update(
+        median=round(median, 6),
+        min=round(float(gaps.min()), 6),
+        max=round(float(gaps.max()), 6),
+        uniform_as_read=round(as_read, 6),
+    )
     tol = max(0.01, GAP_TOLERANCE * abs(median))
     dup = int((gaps < 1e-3).sum())
     if dup:
@@ -206,11 +232,13 @@ def slice_spacing(files: Sequence[str]) -> dict[str, Any]:
         if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
             n_miss = int(round(ratio)) - 1
             hint = f": {n_miss} missing slice{'s' if n_miss > 1 else ''}?"
-        problems.append(f"uneven slice spacing: median gap {median:.4g} mm, {odd.size} gap(s) differ, the largest "
-                        f"{gaps[i]:.4g} mm between slices {i + 1} and {i + 2} (at {pos[i]:.4g} and {pos[i + 1]:.4g} mm "
-                        f"along the slice normal){hint}; read with one uniform spacing of {as_read:.4g} mm, so "
-                        "slices are misplaced by up to "
-                        f"{float(np.max(np.abs(pos - (pos[0] + as_read * np.arange(len(pos)))))):.3g} mm")
+        problems.append(
+            f"uneven slice spacing: median gap {median:.4g} mm, {odd.size} gap(s) differ, the largest "
+            f"{gaps[i]:.4g} mm between slices {i + 1} and {i + 2} (at {pos[i]:.4g} and {pos[i + 1]:.4g} mm "
+            f"along the slice normal){hint}; read with one uniform spacing of {as_read:.4g} mm, so "
+            "slices are misplaced by up to "
+            f"{float(np.max(np.abs(pos - (pos[0] + as_read * np.arange(len(pos)))))):.3g} mm"
+        )
     out["uniform"] = not problems
     out["warning"] = "; ".join(problems) or None
     return out
@@ -233,14 +261,18 @@ class SeriesChoice:
         out = []
         if self.selected_by == "most slices":
             others = "; ".join(s.label() for s in self.all_series if s is not self.series)
-            out.append(f"{len(self.all_series)} DICOM series in this folder: read {self.series.label()}, the one with "
-                       f"the most slices; not read: {others}; choose one with --series-uid UID")
+            out.append(
+                f"{len(self.all_series)} DICOM series in this folder: read {self.series.label()}, the one with "
+                f"the most slices; not read: {others}; choose one with --series-uid UID"
+            )
         if self.spacing.get("warning"):
             out.append(f"DICOM series {self.series.label()}: {self.spacing['warning']}")
         if self.stray_files:
             names = ", ".join(self.stray_files[:3]) + (" ..." if len(self.stray_files) > 3 else "")
-            out.append(f"{len(self.stray_files)} file(s) in this folder belong to no DICOM series (not DICOM, "
-                       f"unreadable: a truncated slice?, or not regular files) and are not read: {names}")
+            out.append(
+                f"{len(self.stray_files)} file(s) in this folder belong to no DICOM series (not DICOM, "
+                f"unreadable: a truncated slice?, or not regular files) and are not read: {names}"
+            )
         return out
 
     def report(self) -> dict[str, Any]:
@@ -254,8 +286,9 @@ class SeriesChoice:
             "selected_by": self.selected_by,
             "slice_spacing_mm": {k: self.spacing.get(k) for k in ("median", "min", "max", "uniform_as_read")},
             "uniform_slice_spacing": self.spacing.get("uniform"),
-            "series_in_folder": [{"series_uid": s.uid, "slices": s.n_slices, "description": s.description}
-                                 for s in self.all_series],
+            "series_in_folder": [
+                {"series_uid": s.uid, "slices": s.n_slices, "description": s.description} for s in self.all_series
+            ],
             "files_in_no_series": list(self.stray_files),
             "warnings": self.warnings,
         }
@@ -283,11 +316,15 @@ def choose_dicom_series(folder: str | os.PathLike, uids: Sequence[str] | None = 
         matched = [s for s in series if s.uid in wanted]
         held = "; ".join(s.label() for s in series)
         if not matched:
-            raise InputDataError(f"DICOM series {', '.join(repr(u) for u in wanted)} (--series-uid) not in this "
-                                 f"folder of {len(series)} series: {held}", path=p)
+            raise InputDataError(
+                f"DICOM series {', '.join(repr(u) for u in wanted)} (--series-uid) not in this "
+                f"folder of {len(series)} series: {held}",
+                path=p,
+            )
         if len(matched) > 1:
-            raise InputDataError(f"several requested DICOM series are in this folder: {held}; give one --series-uid "
-                                 "per folder", path=p)
+            raise InputDataError(
+                f"several requested DICOM series are in this folder: {held}; give one --series-uid per folder", path=p
+            )
         chosen, how = matched[0], "--series-uid"
     else:
         chosen, how = max(series, key=lambda s: s.n_slices), "most slices"  # max keeps the first on a tie

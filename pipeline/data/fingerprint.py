@@ -14,6 +14,7 @@ Examples:
     >>> from pipeline.data.fingerprint import compute_fingerprint
     >>> fp = compute_fingerprint("../shared/data/STS_CT")  # doctest: +SKIP
     >>> fp["median_spacing"], fp["foreground_intensity"]["0"]["percentile_99_5"]  # doctest: +SKIP
+    ([0.9765620231628418, 0.9765620231628418, 3.2699999809265137], 104.0)
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ def _case_stats(item: dict, per_case_samples: int, seed: int) -> dict[str, Any]:
     lab_mt = load_volume(item["label"], dtype=None)
     lab = np.round(lab_mt.as_tensor().numpy()[0]).astype(np.int64)
     if lab.shape != img.shape[1:]:
-        raise InputDataError(f"label shape {list(lab.shape)} != image shape {list(img.shape[1:])}",
-                             path=item["label"])
+        raise InputDataError(f"label shape {list(lab.shape)} != image shape {list(img.shape[1:])}", path=item["label"])
     fg = lab > 0
     rng = np.random.default_rng(seed)
     channels = []
@@ -51,14 +51,26 @@ def _case_stats(item: dict, per_case_samples: int, seed: int) -> dict[str, Any]:
         vals = img[c][fg].astype(np.float64)
         vals = vals[np.isfinite(vals)]
         sample = vals if vals.size <= per_case_samples else rng.choice(vals, per_case_samples, replace=False)
-        channels.append({"n": int(vals.size), "sum": float(vals.sum()), "sumsq": float((vals ** 2).sum()),
-                         "min": float(vals.min()) if vals.size else None,
-                         "max": float(vals.max()) if vals.size else None, "sample": sample.astype(np.float32)})
+        channels.append(
+            {
+                "n": int(vals.size),
+                "sum": float(vals.sum()),
+                "sumsq": float((vals**2).sum()),
+                "min": float(vals.min()) if vals.size else None,
+                "max": float(vals.max()) if vals.size else None,
+                "sample": sample.astype(np.float32),
+            }
+        )
     values, counts = np.unique(lab, return_counts=True)
     aff = np.asarray(vols[0].affine, dtype=np.float64)
-    return {"case": item.get("case"), "shape": [int(s) for s in img.shape[1:]],
-            "spacing": [float(s) for s in spacing_from_affine(aff)], "orientation": orientation_code(aff),
-            "channels": channels, "label_counts": {int(v): int(n) for v, n in zip(values, counts)}}
+    return {
+        "case": item.get("case"),
+        "shape": [int(s) for s in img.shape[1:]],
+        "spacing": [float(s) for s in spacing_from_affine(aff)],
+        "orientation": orientation_code(aff),
+        "channels": channels,
+        "label_counts": {int(v): int(n) for v, n in zip(values, counts)},
+    }
 
 
 def compute_fingerprint(
@@ -151,8 +163,12 @@ def compute_fingerprint(
         "class_voxel_counts": dict(sorted(class_counts.items(), key=lambda kv: int(kv[0]))),
         "class_case_counts": dict(sorted(class_cases.items(), key=lambda kv: int(kv[0]))),
         "normalisation": {
-            "nnunet_ct": {"lower": fg.get("0", {}).get("percentile_00_5"), "upper": fg.get("0", {}).get("percentile_99_5"),
-                          "mean": fg.get("0", {}).get("mean"), "std": fg.get("0", {}).get("std")},
+            "nnunet_ct": {
+                "lower": fg.get("0", {}).get("percentile_00_5"),
+                "upper": fg.get("0", {}).get("percentile_99_5"),
+                "mean": fg.get("0", {}).get("mean"),
+                "std": fg.get("0", {}).get("std"),
+            },
             "note": "ct_nnunet preset: clip channel 0 to [lower, upper], then (x - mean) / std",
         },
     }

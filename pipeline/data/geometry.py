@@ -41,8 +41,14 @@ import numpy as np
 
 from pipeline.errors import InputDataError
 
-__all__ = ["NiftiGeometry", "affine_problem", "nifti_geometry_of_file", "quiet_nibabel", "read_nifti_header",
-           "resolve_nifti_geometry"]
+__all__ = [
+    "NiftiGeometry",
+    "affine_problem",
+    "nifti_geometry_of_file",
+    "quiet_nibabel",
+    "read_nifti_header",
+    "resolve_nifti_geometry",
+]
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,11 @@ class NiftiGeometry:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, for sidecars and reports."""
-        return {"geometry_source": self.source, "spacing_mm": [round(float(s), 6) for s in self.spacing],
-                "geometry_warning": self.warning}
+        return {
+            "geometry_source": self.source,
+            "spacing_mm": [round(float(s), 6) for s in self.spacing],
+            "geometry_warning": self.warning,
+        }
 
 
 @contextlib.contextmanager
@@ -176,17 +185,21 @@ def resolve_nifti_geometry(header: Any) -> NiftiGeometry:
             spacing = tuple(float(v) for v in np.linalg.norm(a[:3, :3], axis=0)[:nsp])
             warning = f"{skipped[0]}; used the qform instead (spacing {_fmt(spacing)} mm)" if skipped else None
             return NiftiGeometry(a, "qform", spacing, warning)
-        skipped.append(f"the qform (qform_code {q_code}) {why}"
-                       + (" (its voxel sizes come from pixdim)" if not np.isfinite(pixdim).all()
-                          or (pixdim == 0).any() else ""))
+        skipped.append(
+            f"the qform (qform_code {q_code}) {why}"
+            + (" (its voxel sizes come from pixdim)" if not np.isfinite(pixdim).all() or (pixdim == 0).any() else "")
+        )
     what = "; ".join(skipped) if skipped else "no orientation in the header (qform_code = sform_code = 0)"
     usable = pixdim.size == nsp and np.isfinite(pixdim).all() and (pixdim != 0).all()
     if usable:
         zooms = tuple(float(abs(v)) for v in pixdim)
         affine = shape_zoom_affine(shape[:nsp] if nsp else (1,), zooms if nsp else (1.0,), x_flip=True)
-        return NiftiGeometry(np.asarray(affine, dtype=np.float64), "pixdim", zooms,
-                             f"{what}: used the pixdim voxel size {_fmt(zooms)} mm with NIfTI's default axes "
-                             "(orientation unknown)")
+        return NiftiGeometry(
+            np.asarray(affine, dtype=np.float64),
+            "pixdim",
+            zooms,
+            f"{what}: used the pixdim voxel size {_fmt(zooms)} mm with NIfTI's default axes (orientation unknown)",
+        )
     raise InputDataError(
         f"no usable voxel geometry: {what}, and the pixdim voxel size [{', '.join(f'{v:g}' for v in pixdim)}] is "
         "zero/NaN, so the spacing is unknown; write the voxel size (mm) into the header, e.g. with nibabel: "

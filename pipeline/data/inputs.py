@@ -29,8 +29,9 @@ def _image_files_in(folder: Path) -> int:
         return 0
 
 
-def list_inference_inputs(path: str | os.PathLike, *, report_problems: bool = False,
-                          skipped: list[str] | None = None) -> list[dict]:
+def list_inference_inputs(
+    path: str | os.PathLike, *, report_problems: bool = False, skipped: list[str] | None = None
+) -> list[dict]:
     """Return ``[{"image": str, "case": str}, ...]`` sorted by case, for every image found at ``path``.
 
     ``path`` may be an image file (NIfTI/NRRD/MHA...), a folder of image files, a DICOM series folder, or a folder of
@@ -79,20 +80,25 @@ def list_inference_inputs(path: str | os.PathLike, *, report_problems: bool = Fa
     series_dirs = {c for c in children if kinds[c] == "folder" and is_dicom_series_dir(c)}
     items += [_item(c) for c in children if c in series_dirs]
     seen_images = {it["image"] for it in items}
-    items += [{"image": str(c), "case": c.name[: -len(image_suffix(c))]}  # look like images, cannot be: reported
-              for c in children
-              if str(c) not in seen_images and image_suffix(c) not in (None, ".dcm") and kinds[c] != "file"]
+    items += [
+        {"image": str(c), "case": c.name[: -len(suffix)]}  # look like images, cannot be: reported
+        for c in children
+        if str(c) not in seen_images and (suffix := image_suffix(c)) not in (None, ".dcm") and kinds[c] != "file"
+    ]
     if skipped is not None:
         dcm = [c for c in children if kinds[c] == "file" and image_suffix(c) == ".dcm"]
         if dcm and items:
-            skipped.append(f"{p}: {len(dcm)} .dcm file(s) next to other images are not read; put a DICOM series in "
-                           "a folder of its own")
+            skipped.append(
+                f"{p}: {len(dcm)} .dcm file(s) next to other images are not read; put a DICOM series in "
+                "a folder of its own"
+            )
         for c in children:
             if kinds[c] == "folder" and c not in series_dirs and image_suffix(c) is None:
                 n = _image_files_in(c)
                 if n:
-                    skipped.append(f"{c}: sub-folder not searched (it holds {n} image file(s)); give it as --input "
-                                   "to process it")
+                    skipped.append(
+                        f"{c}: sub-folder not searched (it holds {n} image file(s)); give it as --input to process it"
+                    )
     if not items:
         raise InputDataError("no images found (NIfTI/NRRD/MHA files or DICOM series folders)", path=p)
     by_case: dict[str, list[dict]] = {}
@@ -105,6 +111,8 @@ def list_inference_inputs(path: str | os.PathLike, *, report_problems: bool = Fa
         if not report_problems:
             raise InputDataError(f"two inputs map to case {case!r}: {names}", path=p)
         for it in group:
-            it["error"] = (f"two inputs map to case {case!r}: {names}; both outputs would be {case}.nii.gz, so "
-                           "neither is processed: rename or move one of them")
+            it["error"] = (
+                f"two inputs map to case {case!r}: {names}; both outputs would be {case}.nii.gz, so "
+                "neither is processed: rename or move one of them"
+            )
     return sorted(items, key=lambda it: (it["case"], it["image"]))

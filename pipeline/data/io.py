@@ -20,7 +20,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from monai.data import ImageReader, MetaTensor, NibabelReader
@@ -73,8 +73,9 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Any:
     except RuntimeError as exc:
         odd = _odd_slice_sizes(choice.series.files)
         if odd:
-            raise InputDataError(f"DICOM series {choice.series.label()} unreadable: {odd}; export the series again",
-                                 path=folder) from exc
+            raise InputDataError(
+                f"DICOM series {choice.series.label()} unreadable: {odd}; export the series again", path=folder
+            ) from exc
         raise
     finally:
         sitk.ProcessObject_SetGlobalWarningDisplay(shown)
@@ -100,8 +101,9 @@ def _odd_slice_sizes(files: Sequence[str]) -> str | None:
     common = max(sizes, key=lambda k: len(sizes[k]))
     odd = [(f, k) for k, fs in sizes.items() if k != common for f in fs]
     shown = ", ".join(f"{Path(f).name} is {k[1]}x{k[0]}" for f, k in odd[:3]) + (" ..." if len(odd) > 3 else "")
-    return (f"slices differ in size: {shown}, the other {len(sizes[common])} are {common[1]}x{common[0]} "
-            "(columns x rows)")
+    return (
+        f"slices differ in size: {shown}, the other {len(sizes[common])} are {common[1]}x{common[0]} (columns x rows)"
+    )
 
 
 def is_dicom_series_dir(path: str | os.PathLike) -> bool:
@@ -189,12 +191,15 @@ class SimpleITKReader(ImageReader):
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """Return the (x, y, z[, c]) array and a MONAI meta dict (``affine``, ``original_affine``, ``spatial_shape``,
         ``original_channel_dim``, ``space``, ``spacing``); several images are stacked on a new first axis."""
-        arrays, meta = [], {}
-        for image in (img if isinstance(img, (list, tuple)) else [img]):
+        arrays: list[np.ndarray] = []
+        meta: dict = {}
+        for image in img if isinstance(img, (list, tuple)) else [img]:
             data = self._array(image)
             header = self._meta(image)
             if self.channel_dim is None:
-                header[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan") if image.GetNumberOfComponentsPerPixel() == 1 else -1
+                header[MetaKeys.ORIGINAL_CHANNEL_DIM] = (
+                    float("nan") if image.GetNumberOfComponentsPerPixel() == 1 else -1
+                )
             else:
                 header[MetaKeys.ORIGINAL_CHANNEL_DIM] = self.channel_dim
             if not meta:
@@ -265,10 +270,10 @@ class CheckedNibabelReader(NibabelReader):
     """
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
-        from pipeline.data.geometry import quiet_nibabel, read_nifti_header, resolve_nifti_geometry
+        from pipeline.data.geometry import NiftiGeometry, quiet_nibabel, read_nifti_header, resolve_nifti_geometry
 
         names = ensure_tuple(data)
-        geometries = []
+        geometries: list[NiftiGeometry | None] = []
         for name in names:
             hdr = read_nifti_header(name)  # as stored: nibabel's load would already have replaced a zero pixdim
             if hdr is None:  # not a NIfTI header: nibabel's own error is re-diagnosed by describe_read_error
@@ -277,14 +282,19 @@ class CheckedNibabelReader(NibabelReader):
             dtype = np.dtype(hdr.get_data_dtype())
             kind = dtype.kind
             if kind == "V" and dtype.names is None:
-                raise InputDataError(f"unsupported NIfTI datatype code {int(hdr['datatype'])}: the header does not say "
-                                     "how the voxels are stored (a corrupt header?)", path=name)
+                raise InputDataError(
+                    f"unsupported NIfTI datatype code {int(hdr['datatype'])}: the header does not say "
+                    "how the voxels are stored (a corrupt header?)",
+                    path=name,
+                )
             if kind in "cV":
                 what = "complex-valued" if kind == "c" else "RGB/structured"
                 raise InputDataError(
                     f"{what} voxels ({hdr.get_data_dtype()}): expected a real-valued scalar image; save the "
-                    + ("magnitude (numpy.abs)" if kind == "c" else "grayscale channel") + " as a real image",
-                    path=name)
+                    + ("magnitude (numpy.abs)" if kind == "c" else "grayscale channel")
+                    + " as a real image",
+                    path=name,
+                )
             try:
                 geometries.append(resolve_nifti_geometry(hdr))
             except InputDataError as exc:
@@ -399,7 +409,7 @@ def describe_read_error(path: str | os.PathLike, exc: BaseException | None = Non
             from pipeline.data.geometry import quiet_nibabel
 
             with quiet_nibabel():
-                img = nib.load(str(p))
+                img = cast(nib.Nifti1Image, nib.load(str(p)))
             np.asanyarray(img.dataobj[..., :1] if len(img.shape) > 3 else img.dataobj)
         elif suffix is not None:
             import SimpleITK as sitk
@@ -444,8 +454,12 @@ def file_kind(path: str | os.PathLike) -> str:
         return "file"
     if stat.S_ISDIR(mode):
         return "folder"
-    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "a special file"
@@ -455,11 +469,15 @@ def _itk_reason(exc: BaseException) -> str | None:
     """A clear phrase for ITK's refusals of a degenerate header geometry, else None."""
     text = str(exc)
     if "Zero-valued spacing" in text:
-        return ("invalid geometry in the header: zero voxel spacing (ITK refuses it, so the spacing is unknown); "
-                "write the voxel size (mm) into the header (NRRD 'spacings'/'space directions', MHA 'ElementSpacing')")
+        return (
+            "invalid geometry in the header: zero voxel spacing (ITK refuses it, so the spacing is unknown); "
+            "write the voxel size (mm) into the header (NRRD 'spacings'/'space directions', MHA 'ElementSpacing')"
+        )
     if "Bad direction" in text or "determinant is 0" in text:
-        return ("invalid geometry in the header: the direction matrix is not invertible (NaN or a zero axis); fix the "
-                "header's direction (NRRD 'space directions', MHA 'TransformMatrix')")
+        return (
+            "invalid geometry in the header: the direction matrix is not invertible (NaN or a zero axis); fix the "
+            "header's direction (NRRD 'space directions', MHA 'TransformMatrix')"
+        )
     return None
 
 
@@ -500,11 +518,15 @@ def _nifti_short_by(path: Path, stored: int) -> str | None:
     except Exception:  # noqa: BLE001 - an odd header: the reader will say what is wrong
         return None
     if offset >= stored and need > 0:
-        return (f"corrupt header: the voxel data offset (vox_offset {offset}) lies beyond the end of the file "
-                f"({stored} bytes)")
+        return (
+            f"corrupt header: the voxel data offset (vox_offset {offset}) lies beyond the end of the file "
+            f"({stored} bytes)"
+        )
     if offset + need > stored:
-        return (f"truncated file: the header declares {need} bytes of voxel data from byte {offset}, the file holds "
-                f"{max(stored - offset, 0)} (incomplete copy or download)")
+        return (
+            f"truncated file: the header declares {need} bytes of voxel data from byte {offset}, the file holds "
+            f"{max(stored - offset, 0)} (incomplete copy or download)"
+        )
     return None
 
 
@@ -519,8 +541,10 @@ class CheckedLoadImaged(LoadImaged):
     Examples:
         >>> from pipeline.data.io import make_load_imaged
         >>> load = make_load_imaged(["image"])
-        >>> load({"image": "missing.nii.gz"})  # doctest: +SKIP
-        InputDataError: missing.nii.gz: file not found
+        >>> load({"image": "missing.nii.gz"})
+        Traceback (most recent call last):
+            ...
+        pipeline.errors.InputDataError: missing.nii.gz: file not found
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -546,11 +570,12 @@ class CheckedLoadImaged(LoadImaged):
                 return super().__call__(d, reader)
         except PipelineError:
             raise
-        except Exception as exc:  # noqa: BLE001 - nibabel/zlib/SimpleITK/pydicom raise many types
+        except Exception as exc:  # nibabel/zlib/SimpleITK/pydicom raise many types
             names = [n for k in self.key_iterator(d) for n in ensure_tuple(d[k]) if isinstance(n, (str, os.PathLike))]
             culprit = next((n for n in names if _unreadable(n)), names[0] if names else None)
-            raise InputDataError(describe_read_error(culprit, exc) if culprit else _short_reason(exc),
-                                 path=culprit) from exc
+            raise InputDataError(
+                describe_read_error(culprit, exc) if culprit else _short_reason(exc), path=culprit
+            ) from exc
 
 
 def _select_by_suffix(loader: Any) -> None:
@@ -579,8 +604,12 @@ def _loader(ensure_channel_first: bool, dtype: str | None) -> Any:
     from monai.transforms import LoadImage
 
     with quiet_reader_registration():
-        loader = LoadImage(reader=image_readers(), image_only=True, ensure_channel_first=ensure_channel_first,
-                           dtype=None if dtype is None else np.dtype(dtype))
+        loader = LoadImage(
+            reader=image_readers(),
+            image_only=True,
+            ensure_channel_first=ensure_channel_first,
+            dtype=None if dtype is None else np.dtype(dtype),
+        )
     _select_by_suffix(loader)
     return loader
 
@@ -622,7 +651,7 @@ def load_volume(path: str | os.PathLike, *, dtype: Any = np.float32, ensure_chan
             img = loader(str(p))
     except InputDataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - nibabel/zlib/SimpleITK raise many types for corrupt files
+    except Exception as exc:  # nibabel/zlib/SimpleITK raise many types for corrupt files
         raise InputDataError(describe_read_error(p, exc), path=p) from exc
     return img
 

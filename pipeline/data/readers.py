@@ -43,9 +43,20 @@ SPLIT_FILES = {"synapse": "synapse_split.json", "btcv": "btcv_split.json", "lung
 
 #: BTCV / Synapse raw label ids (the Synapse wiki ids)
 BTCV_LABELS = {
-    0: "background", 1: "spleen", 2: "right_kidney", 3: "left_kidney", 4: "gallbladder", 5: "esophagus", 6: "liver",
-    7: "stomach", 8: "aorta", 9: "inferior_vena_cava", 10: "portal_and_splenic_vein", 11: "pancreas",
-    12: "right_adrenal_gland", 13: "left_adrenal_gland",
+    0: "background",
+    1: "spleen",
+    2: "right_kidney",
+    3: "left_kidney",
+    4: "gallbladder",
+    5: "esophagus",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    9: "inferior_vena_cava",
+    10: "portal_and_splenic_vein",
+    11: "pancreas",
+    12: "right_adrenal_gland",
+    13: "left_adrenal_gland",
 }
 
 
@@ -210,7 +221,7 @@ def _msd_items(root: Path, entries: list, *, key: str, path: Path, nnunet_v1: bo
             entry = {"image": entry}
         if not isinstance(entry, dict) or "image" not in entry:
             raise InputDataError(f"{key}[{i}] has no 'image' entry", path=path)
-        item = {k: v for k, v in entry.items()}
+        item = dict(entry)
         img = _resolve(root, entry["image"])
         item["case"] = case_name(img)
         if nnunet_v1 and not img.exists():
@@ -241,15 +252,23 @@ def read_msd(path: str | os.PathLike) -> DatasetInfo:
     layout = _json_layout(json_path)
     if "training" not in meta:
         raise InputDataError("no 'training' list", path=json_path)
-    splits = {"training": _msd_items(root, meta["training"], key="training", path=json_path,
-                                     nnunet_v1=layout == "nnunet_v1")}
+    splits = {
+        "training": _msd_items(root, meta["training"], key="training", path=json_path, nnunet_v1=layout == "nnunet_v1")
+    }
     if meta.get("test"):
         splits["test"] = _msd_items(root, meta["test"], key="test", path=json_path, nnunet_v1=layout == "nnunet_v1")
     splits.update(_folds(splits["training"]))
     chans = _channels(meta)
-    return DatasetInfo(layout=layout, root=root, labels=_int_labels(meta.get("labels", {}), json_path), splits=splits,
-                       modality=chans.get(0, ""), channels=chans, name=str(meta.get("name", root.name)),
-                       metadata=meta)
+    return DatasetInfo(
+        layout=layout,
+        root=root,
+        labels=_int_labels(meta.get("labels", {}), json_path),
+        splits=splits,
+        modality=chans.get(0, ""),
+        channels=chans,
+        name=str(meta.get("name", root.name)),
+        metadata=meta,
+    )
 
 
 def read_btcv(path: str | os.PathLike) -> DatasetInfo:
@@ -270,8 +289,16 @@ def read_btcv(path: str | os.PathLike) -> DatasetInfo:
         splits.update(_folds(splits["training"]))
     labels = _int_labels(meta.get("labels", {}), p) or dict(BTCV_LABELS)
     chans = _channels(meta)
-    return DatasetInfo(layout="btcv", root=root, labels=labels, splits=splits, modality=chans.get(0, "CT"),
-                       channels=chans or {0: "CT"}, name=str(meta.get("name", root.name)), metadata=meta)
+    return DatasetInfo(
+        layout="btcv",
+        root=root,
+        labels=labels,
+        splits=splits,
+        modality=chans.get(0, "CT"),
+        channels=chans or {0: "CT"},
+        name=str(meta.get("name", root.name)),
+        metadata=meta,
+    )
 
 
 def read_nnunet_v2(path: str | os.PathLike) -> DatasetInfo:
@@ -302,9 +329,16 @@ def read_nnunet_v2(path: str | os.PathLike) -> DatasetInfo:
             splits[split] = items
     if "training" not in splits:
         raise InputDataError("no imagesTr/<case>_0000 files", path=root)
-    return DatasetInfo(layout="nnunet_v2", root=root, labels=_int_labels(meta.get("labels", {}), json_path),
-                       splits=splits, modality=chans.get(0, ""), channels=chans, name=str(meta.get("name", root.name)),
-                       metadata=meta)
+    return DatasetInfo(
+        layout="nnunet_v2",
+        root=root,
+        labels=_int_labels(meta.get("labels", {}), json_path),
+        splits=splits,
+        modality=chans.get(0, ""),
+        channels=chans,
+        name=str(meta.get("name", root.name)),
+        metadata=meta,
+    )
 
 
 def read_synapse_raw(path: str | os.PathLike) -> DatasetInfo:
@@ -319,8 +353,14 @@ def read_synapse_raw(path: str | os.PathLike) -> DatasetInfo:
     for img in sorted((training / "img").glob("img*.nii*")):
         case = case_name(img)
         num = case[3:]
-        lab = next((c for c in (training / "label" / f"label{num}.nii.gz", training / "label" / f"label{num}.nii")
-                    if c.exists()), training / "label" / f"label{num}.nii.gz")
+        lab = next(
+            (
+                c
+                for c in (training / "label" / f"label{num}.nii.gz", training / "label" / f"label{num}.nii")
+                if c.exists()
+            ),
+            training / "label" / f"label{num}.nii.gz",
+        )
         items.append({"image": str(img), "label": str(lab), "case": case})
     for lab in sorted((training / "label").glob("label*.nii*")):  # labels whose image is missing
         num = case_name(lab)[5:]
@@ -328,8 +368,15 @@ def read_synapse_raw(path: str | os.PathLike) -> DatasetInfo:
             items.append({"image": str(training / "img" / f"img{num}.nii.gz"), "label": str(lab), "case": f"img{num}"})
     if not items:
         raise InputDataError("no Training/img/img*.nii.gz files", path=training)
-    info = DatasetInfo(layout="synapse_raw", root=raw_root, labels=dict(BTCV_LABELS), splits={"all": items},
-                       modality="CT", channels={0: "CT"}, name="Synapse")
+    info = DatasetInfo(
+        layout="synapse_raw",
+        root=raw_root,
+        labels=dict(BTCV_LABELS),
+        splits={"all": items},
+        modality="CT",
+        channels={0: "CT"},
+        name="Synapse",
+    )
     apply_split_file(info, "synapse", keep_existing=True)
     test_dir = raw_root / "Testing" / "img"
     if test_dir.is_dir():
@@ -362,8 +409,16 @@ def read_transunet(path: str | os.PathLike) -> DatasetInfo:
         mapping = _read_json(map_file).get("mapping", {})
         for k, v in mapping.items():
             labels[int(k)] = str(v.get("name", labels.get(int(k))))
-    return DatasetInfo(layout="transunet", root=root, labels=labels, splits=splits, modality="CT", channels={0: "CT"},
-                       axis_order="zyx", name="Synapse (TransUNet preprocessed)")
+    return DatasetInfo(
+        layout="transunet",
+        root=root,
+        labels=labels,
+        splits=splits,
+        modality="CT",
+        channels={0: "CT"},
+        axis_order="zyx",
+        name="Synapse (TransUNet preprocessed)",
+    )
 
 
 def read_folder(path: str | os.PathLike, *, report_problems: bool = False) -> DatasetInfo:
@@ -464,8 +519,9 @@ def load_split_file(split: str | os.PathLike) -> dict:
             if not isinstance(data.get("splits"), dict):
                 raise InputDataError("split file has no 'splits' object", path=c)
             return data
-    raise UsageError(f"unknown split {s!r}: not a split of the dataset, not one of {sorted(SPLIT_FILES)}, "
-                     "and not a split JSON file")
+    raise UsageError(
+        f"unknown split {s!r}: not a split of the dataset, not one of {sorted(SPLIT_FILES)}, and not a split JSON file"
+    )
 
 
 def apply_split_file(info: DatasetInfo, split: str | os.PathLike, *, keep_existing: bool = False) -> DatasetInfo:
@@ -490,8 +546,9 @@ def apply_split_file(info: DatasetInfo, split: str | os.PathLike, *, keep_existi
             else:
                 info.missing[name].append(str(cid))
     assigned = {id(it) for items in new.values() for it in items}
-    info.metadata["not_in_split_file"] = sorted(str(it.get("case")) for its in by_num.values() for it in its
-                                                if id(it) not in assigned)
+    info.metadata["not_in_split_file"] = sorted(
+        str(it.get("case")) for its in by_num.values() for it in its if id(it) not in assigned
+    )
     info.splits = {**info.splits, **new} if keep_existing else new
     info.metadata.setdefault("split_file", data.get("name", str(split)))
     return info

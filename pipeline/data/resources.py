@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from pipeline.errors import InputDataError, ResourceError
 
@@ -72,8 +73,14 @@ def estimate_load_bytes(spatial_shape: Sequence[int], channels: int = 1) -> int:
     return int(math.prod(int(s) for s in spatial_shape) * max(1, int(channels)) * 4 * LOAD_COPIES)
 
 
-def estimate_inference_bytes(spatial_shape: Sequence[int], out_channels: int, *, in_channels: int = 1,
-                             streaming: bool = False, slab_fraction: float = 0.1) -> int:
+def estimate_inference_bytes(
+    spatial_shape: Sequence[int],
+    out_channels: int,
+    *,
+    in_channels: int = 1,
+    streaming: bool = False,
+    slab_fraction: float = 0.1,
+) -> int:
     """Peak bytes of sliding-window inference on a volume of ``spatial_shape`` (the preprocessed, model-grid shape).
 
     Full mode holds the input, the ``out_channels`` logits, the blending-weight sum and the softmax output (all
@@ -108,8 +115,10 @@ def require_memory(nbytes: int, *, path: str | os.PathLike | None, what: str, hi
     budget = available_memory_bytes()
     if nbytes > budget:
         source = f"${MEMORY_LIMIT_ENV}" if os.environ.get(MEMORY_LIMIT_ENV) else "free RAM"
-        raise ResourceError(f"{what} needs about {format_mb(nbytes)} but only {format_mb(budget)} is available "
-                            f"({source}); {hint}", path=path)
+        raise ResourceError(
+            f"{what} needs about {format_mb(nbytes)} but only {format_mb(budget)} is available ({source}); {hint}",
+            path=path,
+        )
 
 
 def header_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], int] | None:
@@ -138,7 +147,7 @@ def header_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], int] | None:
             from pipeline.data.geometry import quiet_nibabel
 
             with quiet_nibabel():
-                shape = tuple(int(s) for s in nib.load(str(p)).shape)
+                shape = tuple(int(s) for s in cast(nib.Nifti1Image, nib.load(str(p))).shape)
             return (shape[:3], int(math.prod(shape[3:])) if len(shape) > 3 else 1)
         import SimpleITK as sitk
 
@@ -161,11 +170,16 @@ def check_load_memory(path: str | os.PathLike) -> None:
         return
     shape, channels = info
     if not shape or min(shape) < 1 or channels < 1:
-        raise InputDataError(f"image header declares no voxels (shape {'x'.join(map(str, shape)) or '()'}"
-                             + (f", {channels} channel(s)" if channels != 1 else "") + ")", path=path)
+        raise InputDataError(
+            f"image header declares no voxels (shape {'x'.join(map(str, shape)) or '()'}"
+            + (f", {channels} channel(s)" if channels != 1 else "")
+            + ")",
+            path=path,
+        )
     require_memory(
-        estimate_load_bytes(shape, channels), path=path,
+        estimate_load_bytes(shape, channels),
+        path=path,
         what=f"loading a {'x'.join(map(str, shape))} volume ({channels} channel(s))",
         hint="free memory or raise the limit; for inference also pass --streaming (and --stitch-device cpu) so the "
-             "stitched output does not need a full copy per class",
+        "stitched output does not need a full copy per class",
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def load_npz_slice(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise InputDataError("file not found", path=p) from None
     except KeyError as exc:
         raise InputDataError(f"npz has no {exc} array (expected 'image' and 'label')", path=p) from None
-    except Exception as exc:  # noqa: BLE001 - zip/pickle errors for corrupt files
+    except Exception as exc:  # zip/pickle errors for corrupt files
         raise InputDataError(f"unreadable npz ({type(exc).__name__}: {exc})", path=p) from exc
 
 
@@ -56,7 +56,7 @@ def load_h5_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             return np.asarray(f["image"][:]), np.asarray(f["label"][:])
     except KeyError as exc:
         raise InputDataError(f"h5 has no {exc} dataset (expected 'image' and 'label')", path=p) from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputDataError(f"unreadable h5 ({type(exc).__name__}: {exc})", path=p) from exc
 
 
@@ -171,8 +171,19 @@ def derive_label_map(
     h5_files = sorted(h5_dir.glob("*.h5"))
     if not h5_files:
         raise InputDataError("no test_vol_h5/*.npy.h5 volumes", path=h5_dir)
-    label_dir = next((d for d in (raw_root / "Training" / "label", raw_root / "RawData" / "Training" / "label",
-                                  raw_root / "label", raw_root) if d.is_dir() and list(d.glob("label*.nii*"))), None)
+    label_dir = next(
+        (
+            d
+            for d in (
+                raw_root / "Training" / "label",
+                raw_root / "RawData" / "Training" / "label",
+                raw_root / "label",
+                raw_root,
+            )
+            if d.is_dir() and list(d.glob("label*.nii*"))
+        ),
+        None,
+    )
     if label_dir is None:
         raise InputDataError("no Training/label/label*.nii.gz files", path=raw_root)
     raw_by_num = {case_number(f.name.split(".")[0]): f for f in label_dir.glob("label*.nii*")}
@@ -180,7 +191,7 @@ def derive_label_map(
     n_raw = len(BTCV_LABELS)
     total = None
     per_case: dict[str, Any] = {}
-    variant = None
+    variant: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     skipped = []
     for h5 in h5_files:
         num = case_number(h5.name.split(".")[0])
@@ -191,26 +202,35 @@ def derive_label_map(
             continue
         _, tu_label = load_h5_volume(h5)
         try:
-            raw = np.asarray(nib.load(str(raw_by_num[num])).dataobj)
-        except Exception as exc:  # noqa: BLE001
+            raw = np.asarray(cast(nib.Nifti1Image, nib.load(str(raw_by_num[num]))).dataobj)
+        except Exception as exc:
             raise InputDataError(f"unreadable label ({exc})", path=raw_by_num[num]) from exc
         raw = np.round(raw).astype(np.int64)
         if variant is None:
             cands = _variants(tuple(tu_label.shape), tuple(raw.shape))
             if not cands:
-                raise InputDataError(f"h5 label shape {list(tu_label.shape)} fits no axis order of the raw label "
-                                     f"{list(raw.shape)} ({raw_by_num[num].name})", path=h5)
+                raise InputDataError(
+                    f"h5 label shape {list(tu_label.shape)} fits no axis order of the raw label "
+                    f"{list(raw.shape)} ({raw_by_num[num].name})",
+                    path=h5,
+                )
             sub = tuple(slice(None, None, 2) for _ in range(3))
-            scores = [(_agreement(_contingency(tu_label[sub], np.ascontiguousarray(_apply(raw, *v))[sub], n_raw)), i)
-                      for i, v in enumerate(cands)]
+            scores = [
+                (_agreement(_contingency(tu_label[sub], np.ascontiguousarray(_apply(raw, *v))[sub], n_raw)), i)
+                for i, v in enumerate(cands)
+            ]
             variant = cands[max(scores, key=lambda s: (s[0], -s[1]))[1]]
         aligned = _apply(raw, *variant)
         if aligned.shape != tu_label.shape:
-            raise InputDataError(f"h5 label shape {list(tu_label.shape)} != transformed raw label "
-                                 f"{list(aligned.shape)}", path=h5)
+            raise InputDataError(
+                f"h5 label shape {list(tu_label.shape)} != transformed raw label {list(aligned.shape)}", path=h5
+            )
         table = _contingency(tu_label, np.ascontiguousarray(aligned), n_raw)
-        per_case[h5.name.split(".")[0]] = {"raw_label": str(raw_by_num[num]), "agreement": round(_agreement(table), 6),
-                                           "contingency": table.tolist()}
+        per_case[h5.name.split(".")[0]] = {
+            "raw_label": str(raw_by_num[num]),
+            "agreement": round(_agreement(table), 6),
+            "contingency": table.tolist(),
+        }
         if total is None:
             total = table
         else:
@@ -219,7 +239,7 @@ def derive_label_map(
             grown[: total.shape[0], : total.shape[1]] += total
             grown[: table.shape[0], : table.shape[1]] += table
             total = grown
-    if total is None:
+    if total is None or variant is None:  # (both are set by the first matching case)
         raise InputDataError(f"no h5 case has a matching raw label in {label_dir}", path=h5_dir)
     mapping: dict[str, Any] = {}
     for k in range(1, total.shape[0]):
@@ -228,8 +248,12 @@ def derive_label_map(
             mapping[str(k)] = {"raw_id": None, "name": None, "agreement": None, "voxels": 0}
             continue
         j = 1 + int(row[1:].argmax())  # an organ maps to a raw organ id; background overlap lowers the agreement
-        mapping[str(k)] = {"raw_id": j, "name": BTCV_LABELS.get(j, f"raw_{j}"),
-                           "agreement": round(float(row[j] / row.sum()), 6), "voxels": int(row.sum())}
+        mapping[str(k)] = {
+            "raw_id": j,
+            "name": BTCV_LABELS.get(j, f"raw_{j}"),
+            "agreement": round(float(row[j] / row.sum()), 6),
+            "voxels": int(row.sum()),
+        }
     raw_to_tu = {}
     for j in range(total.shape[1]):
         col = total[:, j]
@@ -241,12 +265,14 @@ def derive_label_map(
         "rawdata_dir": str(raw_root),
         "cases": sorted(per_case),
         "skipped_without_raw_label": skipped,
-        "axis_transform": {"raw_xyz_transpose": list(perm), "flip_axes_after_transpose": list(flips),
-                           "note": "applied to the nibabel (x, y, z) raw label to match the h5 (z, y, x) array"},
+        "axis_transform": {
+            "raw_xyz_transpose": list(perm),
+            "flip_axes_after_transpose": list(flips),
+            "note": "applied to the nibabel (x, y, z) raw label to match the h5 (z, y, x) array",
+        },
         "overall_agreement": round(_agreement(total), 6),
         "mapping": mapping,
         "raw_to_transunet": raw_to_tu,
-        "contingency": {"rows": "TransUNet label 0..8", "columns": "raw Synapse label 0..13",
-                        "counts": total.tolist()},
+        "contingency": {"rows": "TransUNet label 0..8", "columns": "raw Synapse label 0..13", "counts": total.tolist()},
         "per_case": per_case,
     }

@@ -24,6 +24,16 @@ from pipeline.evaluation.report import write_reports
 from pipeline.evaluation.surface import SurfaceDistances, surface_distances
 
 __all__ = [
-    "CLASS_SETS", "ClassSet", "resolve_classes", "Summary", "evaluate_folders", "evaluate_case", "PROTOCOLS",
-    "Protocol", "get_protocol", "write_reports", "SurfaceDistances", "surface_distances",
+    "CLASS_SETS",
+    "ClassSet",
+    "resolve_classes",
+    "Summary",
+    "evaluate_folders",
+    "evaluate_case",
+    "PROTOCOLS",
+    "Protocol",
+    "get_protocol",
+    "write_reports",
+    "SurfaceDistances",
+    "surface_distances",
 ]

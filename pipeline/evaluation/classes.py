@@ -47,21 +47,44 @@ class ClassSet:
         return tuple(self.labels)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description,
-                "labels": {str(k): v for k, v in self.labels.items()}}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "labels": {str(k): v for k, v in self.labels.items()},
+        }
 
 
 SYNAPSE8 = ClassSet(
     "synapse8",
-    {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 6: "liver", 7: "stomach", 8: "aorta",
-     11: "pancreas"},
+    {
+        1: "spleen",
+        2: "kidney_right",
+        3: "kidney_left",
+        4: "gallbladder",
+        6: "liver",
+        7: "stomach",
+        8: "aorta",
+        11: "pancreas",
+    },
     "the 8 Synapse organs in raw Synapse/BTCV ids, UNETR++ table column order",
 )
 BTCV13 = ClassSet(
     "btcv13",
-    {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "esophagus", 6: "liver", 7: "stomach",
-     8: "aorta", 9: "inferior_vena_cava", 10: "portal_splenic_vein", 11: "pancreas", 12: "adrenal_right",
-     13: "adrenal_left"},
+    {
+        1: "spleen",
+        2: "kidney_right",
+        3: "kidney_left",
+        4: "gallbladder",
+        5: "esophagus",
+        6: "liver",
+        7: "stomach",
+        8: "aorta",
+        9: "inferior_vena_cava",
+        10: "portal_splenic_vein",
+        11: "pancreas",
+        12: "adrenal_right",
+        13: "adrenal_left",
+    },
     "all 13 BTCV organs, ids 1..13",
 )
 

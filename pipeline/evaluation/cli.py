@@ -44,8 +44,11 @@ def _both_empty(text: str) -> float | str:
 
 def _target_spacing(args: argparse.Namespace) -> TargetSpacing | None:
     """The resampled grid's spacing from ``--target-spacing`` / ``--preprocessing``, checked against ``--space``."""
-    given = [f"--{name}" for name, value in (("target-spacing", args.target_spacing),
-                                            ("preprocessing", args.preprocessing)) if value is not None]
+    given = [
+        f"--{name}"
+        for name, value in (("target-spacing", args.target_spacing), ("preprocessing", args.preprocessing))
+        if value is not None
+    ]
     if args.space == "original":
         if given:
             raise UsageError(f"{given[0]} applies only with --space resampled (the default space is original)")
@@ -73,37 +76,68 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
     p.add_argument("--label", required=True, type=Path, help="folder of ground-truth label maps (spacing source)")
     p.add_argument("--protocol", default="strict", choices=list(PROTOCOLS), help="evaluation protocol")
-    p.add_argument("--classes", default=None,
-                   help="synapse8, btcv13, a dataset.json path or a comma list of ids; default: synapse8 for "
-                        "legacy protocols, else the dataset.json next to the labels, else every id found")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="synapse8, btcv13, a dataset.json path or a comma list of ids; default: synapse8 for "
+        "legacy protocols, else the dataset.json next to the labels, else every id found",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder for the reports (default: print only)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table on stdout")
     p.add_argument("--voxel-units", action="store_true", help="report distances in voxels (no spacing)")
-    p.add_argument("--hd95-definition", choices=("max_directed", "pooled"), default=None,
-                   help="override the protocol's HD95 definition")
-    p.add_argument("--penalty", type=_penalty, default=None,
-                   help="HD95 for a one-sided empty mask: 'diagonal' or a number (overrides the protocol)")
-    p.add_argument("--both-empty-dice", type=_both_empty, default=None,
-                   help="Dice when both masks are empty: 'exclude' or a number (overrides the protocol)")
+    p.add_argument(
+        "--hd95-definition",
+        choices=("max_directed", "pooled"),
+        default=None,
+        help="override the protocol's HD95 definition",
+    )
+    p.add_argument(
+        "--penalty",
+        type=_penalty,
+        default=None,
+        help="HD95 for a one-sided empty mask: 'diagonal' or a number (overrides the protocol)",
+    )
+    p.add_argument(
+        "--both-empty-dice",
+        type=_both_empty,
+        default=None,
+        help="Dice when both masks are empty: 'exclude' or a number (overrides the protocol)",
+    )
     p.add_argument("--metrics", default="dice,hd95", help="comma list among dice,hd95,assd,nsd")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in the protocol's units")
-    p.add_argument("--no-affine-check", action="store_true",
-                   help="compare voxel by voxel even when prediction and label affines differ (in resampled space: "
-                        "a prediction of the label's shape is taken to lie on the label's grid)")
-    p.add_argument("--space", choices=SPACES, default="original",
-                   help="original: score on each label's grid with its header spacing; resampled: resample label "
-                        "and prediction (nearest neighbour, each through its own affine) onto a grid with the target "
-                        "spacing covering the label's extent, and score there")
-    p.add_argument("--target-spacing", default=None, metavar="X,Y,Z",
-                   help="--space resampled: target spacing in mm, in the label's array axis order as nibabel loads "
-                        "it (one number: isotropic)")
-    p.add_argument("--preprocessing", default=None, metavar="PRESET",
-                   help="--space resampled: use this preprocessing preset's target pixdim (per RAS axis for presets "
-                        "that reorient to RAS) instead of --target-spacing")
+    p.add_argument(
+        "--no-affine-check",
+        action="store_true",
+        help="compare voxel by voxel even when prediction and label affines differ (in resampled space: "
+        "a prediction of the label's shape is taken to lie on the label's grid)",
+    )
+    p.add_argument(
+        "--space",
+        choices=SPACES,
+        default="original",
+        help="original: score on each label's grid with its header spacing; resampled: resample label "
+        "and prediction (nearest neighbour, each through its own affine) onto a grid with the target "
+        "spacing covering the label's extent, and score there",
+    )
+    p.add_argument(
+        "--target-spacing",
+        default=None,
+        metavar="X,Y,Z",
+        help="--space resampled: target spacing in mm, in the label's array axis order as nibabel loads "
+        "it (one number: isotropic)",
+    )
+    p.add_argument(
+        "--preprocessing",
+        default=None,
+        metavar="PRESET",
+        help="--space resampled: use this preprocessing preset's target pixdim (per RAS axis for presets "
+        "that reorient to RAS) instead of --target-spacing",
+    )
     p.add_argument("--split", default=None, help="name of the split the cases come from (stated in the report)")
-    p.add_argument("--require-all", action="store_true",
-                   help="exit 1 when a label has no prediction (default: reported only)")
+    p.add_argument(
+        "--require-all", action="store_true", help="exit 1 when a label has no prediction (default: reported only)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing reports in --out")
     p.set_defaults(func=run)
 
@@ -136,20 +170,36 @@ def run(args: argparse.Namespace) -> int:
     if protocol.warning:
         print(protocol.warning, file=sys.stderr)
     summary = evaluate_folders(
-        args.pred, args.label, protocol, args.classes, args.out, args.workers, metrics=metrics,
-        nsd_tolerance=args.nsd_tolerance, check_affine=not args.no_affine_check, progress=not args.quiet,
-        split=args.split, space=args.space, target_spacing=target,
+        args.pred,
+        args.label,
+        protocol,
+        args.classes,
+        args.out,
+        args.workers,
+        metrics=metrics,
+        nsd_tolerance=args.nsd_tolerance,
+        check_affine=not args.no_affine_check,
+        progress=not args.quiet,
+        split=args.split,
+        space=args.space,
+        target_spacing=target,
     )
-    for case, error in summary.failures:
+    for _case, error in summary.failures:
         print(f"error: {error}", file=sys.stderr)
     for line in summary.ambiguous:
         print(f"error: {args.pred}: {line}", file=sys.stderr)
     if summary.missing:
-        print(f"warning: {len(summary.missing)} label file(s) in {args.label} have no prediction: "
-              f"{', '.join(summary.missing)}", file=sys.stderr)
+        print(
+            f"warning: {len(summary.missing)} label file(s) in {args.label} have no prediction: "
+            f"{', '.join(summary.missing)}",
+            file=sys.stderr,
+        )
     if summary.extra:
-        print(f"warning: {len(summary.extra)} prediction file(s) in {args.pred} have no label: "
-              f"{', '.join(summary.extra)}", file=sys.stderr)
+        print(
+            f"warning: {len(summary.extra)} prediction file(s) in {args.pred} have no label: "
+            f"{', '.join(summary.extra)}",
+            file=sys.stderr,
+        )
     if not args.quiet:
         print(summary_to_markdown(summary))
     if args.out is not None and not args.quiet:

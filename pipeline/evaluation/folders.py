@@ -7,9 +7,10 @@ import math
 import multiprocessing as mp
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
@@ -50,15 +51,17 @@ def _present_ids(*arrays: np.ndarray) -> list[int]:
     return sorted(ids)
 
 
-class _DeclaredIds(frozenset):
+class _DeclaredIds(frozenset[int]):
     """The label ids a dataset.json declares, with the file they come from (picklable for worker processes)."""
 
-    def __new__(cls, ids, source: str = ""):
+    source: str
+
+    def __new__(cls, ids: Iterable[int], source: str = "") -> _DeclaredIds:
         obj = super().__new__(cls, (int(i) for i in ids))
         obj.source = str(source)
         return obj
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[_DeclaredIds], tuple[tuple[int, ...], str]]:
         return (_DeclaredIds, (tuple(self), self.source))
 
 
@@ -73,8 +76,9 @@ def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | None, str | None, floa
         pred, aff_p, _ = read_label_map(pred_path)
         if target is None:  # original space: the prediction must be on the label's grid
             if pred.shape != label.shape:
-                raise InputDataError(f"shape {pred.shape} differs from the label's {label.shape} ({label_path})",
-                                     path=pred_path)
+                raise InputDataError(
+                    f"shape {pred.shape} differs from the label's {label.shape} ({label_path})", path=pred_path
+                )
             if check_affine and not np.allclose(aff_p, aff_l, rtol=0, atol=AFFINE_TOLERANCE_MM):
                 diff = float(np.max(np.abs(aff_p - aff_l)))
                 raise InputDataError(
@@ -95,11 +99,13 @@ def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | None, str | None, floa
             for arr, path, role in ((label, label_path, "label"), (pred, pred_path, "prediction")):
                 bad = sorted(set(_present_ids(arr)) - ids)
                 if bad:
-                    raise InputDataError(f"{role} values {bad} are not in the declared label set {sorted(ids)} "
-                                         f"({source})", path=path)
+                    raise InputDataError(
+                        f"{role} values {bad} are not in the declared label set {sorted(ids)} ({source})", path=path
+                    )
         if target is not None:  # resampled space: both onto the label's extent at the target spacing
-            pred, label, spacing, _ = to_target_space(pred, aff_p, label, aff_l, target, check=check_affine,
-                                                      pred_path=pred_path, label_path=label_path)
+            pred, label, spacing, _ = to_target_space(
+                pred, aff_p, label, aff_l, target, check=check_affine, pred_path=pred_path, label_path=label_path
+            )
         cls = classes if classes is not None else {i: f"class_{i}" for i in _present_ids(pred, label)}
         grid = {"shape": [int(n) for n in label.shape], "spacing": [float(v) for v in spacing]}
         if not cls:
@@ -126,7 +132,7 @@ def _fill_value(rule: float | str, diagonal: float) -> float | None:
     return float(rule)
 
 
-def _valid(v: object) -> bool:
+def _valid(v: object) -> TypeGuard[float]:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
@@ -267,8 +273,11 @@ def evaluate_folders(
     target = None
     if target_spacing is not None:
         try:
-            target = target_spacing if isinstance(target_spacing, TargetSpacing) else TargetSpacing(
-                tuple(np.broadcast_to(np.asarray(target_spacing, float), (3,))))
+            target = (
+                target_spacing
+                if isinstance(target_spacing, TargetSpacing)
+                else TargetSpacing(tuple(np.broadcast_to(np.asarray(target_spacing, float), (3,))))
+            )
         except ValueError as exc:
             raise UsageError(f"--target-spacing: {exc}") from None
     metrics = tuple(dict.fromkeys(("dice", "hd95", *metrics)))
@@ -291,10 +300,15 @@ def evaluate_folders(
             path=pred_dir,
         )
     cls_arg = None if cset is None else dict(cset.labels)
-    declared = _DeclaredIds(cset.labels, cset.description[len("labels of "):]) \
-        if cset is not None and cset.description.startswith("labels of ") else None
-    jobs = [(case, p, lab, cls_arg, proto, metrics, nsd_tolerance, check_affine, declared, target)
-            for case, p, lab in pairing.pairs]
+    declared = (
+        _DeclaredIds(cset.labels, cset.description[len("labels of ") :])
+        if cset is not None and cset.description.startswith("labels of ")
+        else None
+    )
+    jobs = [
+        (case, p, lab, cls_arg, proto, metrics, nsd_tolerance, check_affine, declared, target)
+        for case, p, lab in pairing.pairs
+    ]
     n_workers = min(len(jobs), workers if workers else min(4, os.cpu_count() or 1))
     if n_workers < 1:
         raise UsageError(f"--workers {workers}: must be >= 1")
@@ -325,21 +339,44 @@ def evaluate_folders(
     if cset is None:  # auto: every id seen anywhere; cases lacking one get a both-empty row
         ids = sorted({r["class"] for _, rows, _, _, _ in results if rows for r in rows})
         cset = ClassSet("auto", {i: f"class_{i}" for i in ids}, "every label id found in the labels or predictions")
-    summary = Summary(proto, cset, metrics=metrics, nsd_tolerance=nsd_tolerance, split=split,
-                      missing=pairing.missing, extra=pairing.extra, ambiguous=pairing.ambiguous,
-                      pred_dir=str(pred_dir), label_dir=str(label_dir), space=space, target_spacing=target)
+    summary = Summary(
+        proto,
+        cset,
+        metrics=metrics,
+        nsd_tolerance=nsd_tolerance,
+        split=split,
+        missing=pairing.missing,
+        extra=pairing.extra,
+        ambiguous=pairing.ambiguous,
+        pred_dir=str(pred_dir),
+        label_dir=str(label_dir),
+        space=space,
+        target_spacing=target,
+    )
     for case, rows, error, diagonal, grid in results:
         if error is not None:
             summary.failures.append((case, error))
             continue
+        assert rows is not None and grid is not None  # a worker without an error returns both
         summary.grids[case] = grid
         have = {r["class"] for r in rows}
         for cid, cname in cset.labels.items():
             if cid not in have:
-                row = {"class": cid, "dice": _fill_value(proto.dice_both_empty, diagonal),
-                       "hd95": _fill_value(proto.hd95_both_empty, diagonal), "class_name": cname, "n_gt": 0,
-                       "n_pred": 0, "tp": 0, "fp": 0, "fn": 0, "empty_gt": True, "empty_pred": True,
-                       "situation": "both_empty", "case": case}
+                row = {
+                    "class": cid,
+                    "dice": _fill_value(proto.dice_both_empty, diagonal),
+                    "hd95": _fill_value(proto.hd95_both_empty, diagonal),
+                    "class_name": cname,
+                    "n_gt": 0,
+                    "n_pred": 0,
+                    "tp": 0,
+                    "fp": 0,
+                    "fn": 0,
+                    "empty_gt": True,
+                    "empty_pred": True,
+                    "situation": "both_empty",
+                    "case": case,
+                }
                 if "assd" in metrics:
                     row["assd"] = row["hd95"]
                 if "nsd" in metrics:

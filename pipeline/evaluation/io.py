@@ -6,10 +6,10 @@ Pairing rule (never by sort order):
    ``.mha``, ``.mhd``); hidden files (``.name``, e.g. unfinished atomic writes) are ignored;
 2. a prediction and a label with the same case name are paired;
 3. the remaining files are paired by **case id**: the case name, lower-cased, with a trailing nnU-Net channel suffix
-   (``_0000``; only when a digit remains, so ``case_0001`` keeps its number), then a trailing role suffix (``_seg``, ``_pred``, ``_prediction``, ``_label``, ``_gt``, ``_mask``),
-   then a leading role prefix (``img``, ``image``, ``label``, ``labels``, ``seg``, ``pred``, ``prediction``, ``gt``,
-   ``mask``, when followed by a digit, ``_`` or ``-``) removed: ``img0001``, ``label0001`` and
-   ``pred_0001_0000`` all have id ``0001``;
+   (``_0000``; only when a digit remains, so ``case_0001`` keeps its number), then a trailing role suffix
+   (``_seg``, ``_pred``, ``_prediction``, ``_label``, ``_gt``, ``_mask``), then a leading role prefix (``img``,
+   ``image``, ``label``, ``labels``, ``seg``, ``pred``, ``prediction``, ``gt``, ``mask``, when followed by a digit,
+   ``_`` or ``-``) removed: ``img0001``, ``label0001`` and ``pred_0001_0000`` all have id ``0001``;
 4. several files with the same id on one side are reported as ambiguous and not scored; labels without a prediction
    are reported as missing, predictions without a label as extra.
 
@@ -22,6 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -177,7 +178,7 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tup
 
             geo = nifti_geometry_of_file(p)
             with quiet_nibabel():
-                img = nib.load(str(p))
+                img = cast(nib.Nifti1Image, nib.load(str(p)))  # (a NIfTI-2 image is a subclass)
                 arr = np.asanyarray(img.dataobj)
             affine = np.asarray(img.affine if geo is None else geo.affine, float)
             raw = read_nifti_header(p)
@@ -197,7 +198,7 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tup
             spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     except InputDataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - nibabel/zlib raise many types on corrupt files
+    except Exception as exc:  # nibabel/zlib raise many types on corrupt files
         from pipeline.data.io import describe_read_error
 
         raise InputDataError(describe_read_error(p, exc), path=p) from exc

@@ -57,9 +57,9 @@ def image_diagonal(shape: Sequence[int], spacing: Sequence[float] | None) -> flo
     return float(np.linalg.norm(np.asarray(shape, float) * s))
 
 
-def _union(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...]:
+def _union(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
     if a is None:
-        return b  # type: ignore[return-value]
+        return b
     if b is None:
         return a
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
@@ -161,11 +161,23 @@ def evaluate_case(
             situation = "spurious"
         else:
             situation = "both_empty"
-        row: dict = {"class": int(c), "dice": None, "hd95": None, "class_name": cname, "n_gt": n_gt,
-                     "n_pred": n_pred, "tp": tp, "fp": n_pred - tp, "fn": n_gt - tp, "empty_gt": n_gt == 0,
-                     "empty_pred": n_pred == 0, "situation": situation}
+        row: dict = {
+            "class": int(c),
+            "dice": None,
+            "hd95": None,
+            "class_name": cname,
+            "n_gt": n_gt,
+            "n_pred": n_pred,
+            "tp": tp,
+            "fp": n_pred - tp,
+            "fn": n_gt - tp,
+            "empty_gt": n_gt == 0,
+            "empty_pred": n_pred == 0,
+            "situation": situation,
+        }
         if situation == "present":
             row["dice"] = 2.0 * tp / (n_pred + n_gt)
+            assert m_p is not None and m_g is not None  # both masks were cut out of a box that holds the class
             dist = surface_distances(m_p, m_g, scale)
             row["hd95"] = dist.hd95(proto.hd95_definition)
             if "assd" in want:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.errors import UsageError
 
@@ -102,8 +103,11 @@ class Protocol:
     def penalty_text(self) -> str:
         """How one-sided empty masks are scored, for report headers."""
         parts = []
-        for situation, label in (("missed", "missed organ"), ("spurious", "prediction on empty ground truth"),
-                                 ("both_empty", "both empty")):
+        for situation, label in (
+            ("missed", "missed organ"),
+            ("spurious", "prediction on empty ground truth"),
+            ("both_empty", "both empty"),
+        ):
             d, h = self.rule("dice", situation), self.rule("hd95", situation)
             parts.append(f"{label}: Dice {_fmt_rule(d)}, HD95 {_fmt_rule(h, self.units)}")
         return "; ".join(parts)
@@ -133,37 +137,61 @@ PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
         Protocol(
-            "strict", "max_directed", "mm",
-            dice_missed=0.0, dice_spurious=0.0, dice_both_empty=EXCLUDE,
-            hd95_missed=PENALTY_DIAGONAL, hd95_spurious=PENALTY_DIAGONAL, hd95_both_empty=EXCLUDE,
+            "strict",
+            "max_directed",
+            "mm",
+            dice_missed=0.0,
+            dice_spurious=0.0,
+            dice_both_empty=EXCLUDE,
+            hd95_missed=PENALTY_DIAGONAL,
+            hd95_spurious=PENALTY_DIAGONAL,
+            hd95_both_empty=EXCLUDE,
             summary="HD95 = max of directed 95th percentiles in mm; one-sided empty -> Dice 0, HD95 = image "
-                    "diagonal; both empty -> excluded",
+            "diagonal; both empty -> excluded",
             reference="MONAI / DeepMind surface-distance HD95; BraTS-style diagonal penalty",
         ),
         Protocol(
-            "monai", "max_directed", "mm",
-            dice_missed=0.0, dice_spurious=NAN, dice_both_empty=NAN,
-            hd95_missed=NAN, hd95_spurious=NAN, hd95_both_empty=NAN,
+            "monai",
+            "max_directed",
+            "mm",
+            dice_missed=0.0,
+            dice_spurious=NAN,
+            dice_both_empty=NAN,
+            hd95_missed=NAN,
+            hd95_spurious=NAN,
+            hd95_both_empty=NAN,
             summary="MONAI 1.6.1 DiceMetric(ignore_empty=True) and HausdorffDistanceMetric(percentile=95) with header "
-                    "spacing; NaN for empty masks (MONAI #9095) dropped by the nan-mean and counted",
+            "spacing; NaN for empty masks (MONAI #9095) dropped by the nan-mean and counted",
             reference="monai.metrics DiceMetric / HausdorffDistanceMetric 1.6.1",
         ),
         Protocol(
-            "legacy_unetrpp", "pooled", "voxel",
-            dice_missed=0.0, dice_spurious=0.0, dice_both_empty=1.0,
-            hd95_missed=0.0, hd95_spurious=0.0, hd95_both_empty=0.0,
+            "legacy_unetrpp",
+            "pooled",
+            "voxel",
+            dice_missed=0.0,
+            dice_spurious=0.0,
+            dice_both_empty=1.0,
+            hd95_missed=0.0,
+            hd95_spurious=0.0,
+            hd95_both_empty=0.0,
             legacy=True,
             summary="nnFormer/UNETR++ inference_synapse.py: medpy pooled HD95 in voxels, HD95 0 when a mask is empty, "
-                    "Dice 1 when both are empty",
+            "Dice 1 when both are empty",
             reference="nnFormer / UNETR++ inference_synapse.py",
         ),
         Protocol(
-            "legacy_transunet", "pooled", "voxel",
-            dice_missed=0.0, dice_spurious=1.0, dice_both_empty=0.0,
-            hd95_missed=0.0, hd95_spurious=0.0, hd95_both_empty=0.0,
+            "legacy_transunet",
+            "pooled",
+            "voxel",
+            dice_missed=0.0,
+            dice_spurious=1.0,
+            dice_both_empty=0.0,
+            hd95_missed=0.0,
+            hd95_spurious=0.0,
+            hd95_both_empty=0.0,
             legacy=True,
             summary="TransUNet/Swin-Unet calculate_metric_percase: medpy pooled HD95 in voxels, a false positive on an "
-                    "absent organ scores (1, 0), a missed organ (0, 0)",
+            "absent organ scores (1, 0), a missed organ (0, 0)",
             reference="TransUNet utils.py calculate_metric_percase (copied by Swin-Unet)",
         ),
     )
@@ -188,7 +216,7 @@ def get_protocol(name: str | Protocol = "strict", **overrides: object) -> Protoc
         if name not in PROTOCOLS:
             raise UsageError(f"--protocol {name!r}: expected one of {', '.join(PROTOCOLS)}")
         base = PROTOCOLS[name]
-    changes = {k: v for k, v in overrides.items() if v is not None and getattr(base, k, object()) != v}
+    changes: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None and getattr(base, k, object()) != v}
     if not changes:
         return base
     fields = {f.name for f in dataclasses.fields(Protocol)}

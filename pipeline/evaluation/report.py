@@ -18,18 +18,39 @@ from pipeline.evaluation.folders import Summary
 from pipeline.utils.atomic import atomic_path, save_json_atomic
 
 __all__ = [
-    "write_reports", "summary_to_json", "summary_to_markdown", "rows_to_csv", "header_lines", "space_text",
-    "REPORT_FILES", "CSV_COLUMNS",
+    "write_reports",
+    "summary_to_json",
+    "summary_to_markdown",
+    "rows_to_csv",
+    "header_lines",
+    "space_text",
+    "REPORT_FILES",
+    "CSV_COLUMNS",
 ]
 
 #: the files :func:`write_reports` writes into the output folder
 REPORT_FILES = ("per_case.csv", "summary.json", "summary.md")
 #: CSV columns; ``assd``/``nsd`` follow when computed
-CSV_COLUMNS = ("case", "class", "dice", "hd95", "class_name", "n_gt", "n_pred", "tp", "fp", "fn", "empty_gt",
-               "empty_pred", "situation")
+CSV_COLUMNS = (
+    "case",
+    "class",
+    "dice",
+    "hd95",
+    "class_name",
+    "n_gt",
+    "n_pred",
+    "tp",
+    "fp",
+    "fn",
+    "empty_gt",
+    "empty_pred",
+    "situation",
+)
 
-_HD95_TEXT = {"max_directed": "max of the two directed 95th percentiles (MONAI / DeepMind)",
-              "pooled": "95th percentile of the pooled directed distances (medpy hd95)"}
+_HD95_TEXT = {
+    "max_directed": "max of the two directed 95th percentiles (MONAI / DeepMind)",
+    "pooled": "95th percentile of the pooled directed distances (medpy hd95)",
+}
 
 
 def _cell(value: object) -> str:
@@ -60,8 +81,10 @@ def _units(summary: Summary) -> str:
 def space_text(summary: Summary) -> str:
     """The scoring space and the spacing used, for report headers."""
     if summary.space == "resampled" and summary.target_spacing is not None:
-        return (f"resampled: label and prediction resampled (nearest neighbour, each through its own affine) onto "
-                f"a grid of {summary.target_spacing.describe()} covering the label's extent")
+        return (
+            f"resampled: label and prediction resampled (nearest neighbour, each through its own affine) onto "
+            f"a grid of {summary.target_spacing.describe()} covering the label's extent"
+        )
     return "original: each label's own grid, spacing from its header"
 
 
@@ -136,8 +159,10 @@ def summary_to_markdown(summary: Summary) -> str:
     pc = summary.per_class()
     means = summary.means(pc)
     p = summary.protocol
-    out = [f"## Evaluation: protocol `{p.name}`, {summary.classes.name}, HD95 in {_units(summary)}, "
-           f"{summary.space} space", ""]
+    out = [
+        f"## Evaluation: protocol `{p.name}`, {summary.classes.name}, HD95 in {_units(summary)}, {summary.space} space",
+        "",
+    ]
     if p.warning:
         out += [f"> **{p.warning}**", ""]
     out += [f"- {line}" for line in header_lines(summary)] + [""]
@@ -145,23 +170,36 @@ def summary_to_markdown(summary: Summary) -> str:
     out.append("| metric | mean | " + " | ".join(names) + " |")
     out.append("|---|---:|" + "---:|" * len(names))
     units = _units(summary)
-    labels = {"dice": ("DSC (%)", 100.0), "hd95": (f"HD95 ({units})", 1.0), "assd": (f"ASSD ({units})", 1.0),
-              "nsd": ("NSD (%)", 100.0)}
+    labels = {
+        "dice": ("DSC (%)", 100.0),
+        "hd95": (f"HD95 ({units})", 1.0),
+        "assd": (f"ASSD ({units})", 1.0),
+        "nsd": ("NSD (%)", 100.0),
+    }
     for m in summary.metrics:
         title, scale = labels[m]
         cells = [_num(e[m], scale) for e in pc.values()]
         out.append(f"| {title} | {_num(means[m], scale)} | " + " | ".join(cells) + " |")
-    out += ["", "| class | cases | both present | missed | spurious | both empty | Dice excluded | Dice NaN | "
-            "HD95 excluded | HD95 NaN |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out += [
+        "",
+        "| class | cases | both present | missed | spurious | both empty | Dice excluded | Dice NaN | "
+        "HD95 excluded | HD95 NaN |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for cid, e in pc.items():
-        out.append(f"| {cid} {e['name']} | {e['n_cases']} | {e['n_present']} | {e['n_missed']} | {e['n_spurious']} | "
-                   f"{e['n_both_empty']} | {e['n_dice_excluded']} | {e['n_dice_nan']} | {e['n_hd95_excluded']} | "
-                   f"{e['n_hd95_nan']} |")
+        out.append(
+            f"| {cid} {e['name']} | {e['n_cases']} | {e['n_present']} | {e['n_missed']} | {e['n_spurious']} | "
+            f"{e['n_both_empty']} | {e['n_dice_excluded']} | {e['n_dice_nan']} | {e['n_hd95_excluded']} | "
+            f"{e['n_hd95_nan']} |"
+        )
     if p.name == "monai":
-        out += ["", f"MONAI's own reduction (nan-mean over every case x class entry): DSC "
-                    f"{_num(means.get('dice_mean_over_entries'), 100.0)} %, HD95 "
-                    f"{_num(means.get('hd95_mean_over_entries'))} {units}. NaN entries (MONAI #9095) are dropped from "
-                    "these means; they are counted above."]
+        out += [
+            "",
+            f"MONAI's own reduction (nan-mean over every case x class entry): DSC "
+            f"{_num(means.get('dice_mean_over_entries'), 100.0)} %, HD95 "
+            f"{_num(means.get('hd95_mean_over_entries'))} {units}. NaN entries (MONAI #9095) are dropped from "
+            "these means; they are counted above.",
+        ]
     problems = [f"- failed: {c}: {e}" for c, e in summary.failures]
     problems += [f"- label without prediction: {m}" for m in summary.missing]
     problems += [f"- prediction without label: {x}" for x in summary.extra]

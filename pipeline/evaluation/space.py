@@ -32,14 +32,26 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import InputDataError, UsageError
 
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
 __all__ = [
-    "SPACES", "TargetSpacing", "parse_target_spacing", "spacing_from_preset", "target_grid", "resample_nearest",
-    "check_prediction_geometry", "to_target_space", "DIRECTION_TOLERANCE", "TIE_BREAK_VOXELS",
+    "SPACES",
+    "TargetSpacing",
+    "parse_target_spacing",
+    "spacing_from_preset",
+    "target_grid",
+    "resample_nearest",
+    "check_prediction_geometry",
+    "to_target_space",
+    "DIRECTION_TOLERANCE",
+    "TIE_BREAK_VOXELS",
 ]
 
 #: the values of ``--space``
@@ -142,12 +154,16 @@ def spacing_from_preset(name: str) -> TargetSpacing:
     spacing = spec.get("spacing")
     if not isinstance(spacing, (list, tuple)):
         why = "the dataset fingerprint's median" if spacing == "fingerprint" else "the native spacing"
-        raise UsageError(f"--preprocessing {name}: the preset has no fixed target pixdim (it uses {why}); "
-                         "pass --target-spacing X,Y,Z instead")
+        raise UsageError(
+            f"--preprocessing {name}: the preset has no fixed target pixdim (it uses {why}); "
+            "pass --target-spacing X,Y,Z instead"
+        )
     frame = "array" if spec.get("orientation") is None else "RAS"
     if frame == "RAS" and str(spec["orientation"]).upper() != "RAS":
-        raise UsageError(f"--preprocessing {name}: orientation {spec['orientation']!r} is not supported for "
-                         "--space resampled; pass --target-spacing X,Y,Z instead")
+        raise UsageError(
+            f"--preprocessing {name}: orientation {spec['orientation']!r} is not supported for "
+            "--space resampled; pass --target-spacing X,Y,Z instead"
+        )
     return TargetSpacing(tuple(spacing), frame=frame, source=f"--preprocessing {name}")
 
 
@@ -160,8 +176,9 @@ def _direction(affine: np.ndarray) -> np.ndarray:
     return a / _spacing(affine)
 
 
-def target_grid(affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float] | float
-                ) -> tuple[np.ndarray, tuple[int, int, int]]:
+def target_grid(
+    affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float] | float
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The grid with ``spacing`` covering the same physical extent as (``affine``, ``shape``).
 
     Same origin (centre of voxel 0) and direction cosines; ``shape = max(1, round(shape * old_spacing / spacing))``.
@@ -192,7 +209,7 @@ def target_grid(affine: np.ndarray, shape: Sequence[int], spacing: Sequence[floa
     return out, new_shape  # type: ignore[return-value]
 
 
-def _to_sitk(array: np.ndarray, affine: np.ndarray, index_offset: float = 0.0):
+def _to_sitk(array: np.ndarray, affine: np.ndarray, index_offset: float = 0.0) -> sitk.Image:
     """A SimpleITK image of ``array`` (nibabel (i, j, k) order) at ``affine``; ``index_offset`` shifts the origin so
     that every physical point maps to ``index + index_offset``."""
     import SimpleITK as sitk
@@ -207,8 +224,9 @@ def _to_sitk(array: np.ndarray, affine: np.ndarray, index_offset: float = 0.0):
     return img
 
 
-def resample_nearest(array: np.ndarray, affine: np.ndarray, target_affine: np.ndarray,
-                     target_shape: Sequence[int]) -> np.ndarray:
+def resample_nearest(
+    array: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape: Sequence[int]
+) -> np.ndarray:
     """Resample a 3D label map onto another grid (nearest neighbour, SimpleITK), through both affines.
 
     Args:
@@ -239,7 +257,7 @@ def resample_nearest(array: np.ndarray, affine: np.ndarray, target_affine: np.nd
     if a.dtype.kind not in "iu":
         raise ValueError(f"expected an integer label map, got dtype {a.dtype}")
     taff = np.asarray(target_affine, float)
-    if (a.shape == tuple(target_shape) and np.allclose(np.asarray(affine, float), taff, rtol=0, atol=1e-6)):
+    if a.shape == tuple(target_shape) and np.allclose(np.asarray(affine, float), taff, rtol=0, atol=1e-6):
         return a.copy()  # already on the target grid
     ref = _to_sitk(np.zeros((1, 1, 1), np.uint8), taff)
     f = sitk.ResampleImageFilter()
@@ -253,9 +271,14 @@ def resample_nearest(array: np.ndarray, affine: np.ndarray, target_affine: np.nd
     return np.ascontiguousarray(out.astype(a.dtype, copy=False))
 
 
-def check_prediction_geometry(pred_affine: np.ndarray, pred_shape: Sequence[int], target_affine: np.ndarray,
-                              target_shape: Sequence[int], pred_path: str | os.PathLike = "",
-                              label_path: str | os.PathLike = "") -> None:
+def check_prediction_geometry(
+    pred_affine: np.ndarray,
+    pred_shape: Sequence[int],
+    target_affine: np.ndarray,
+    target_shape: Sequence[int],
+    pred_path: str | os.PathLike = "",
+    label_path: str | os.PathLike = "",
+) -> None:
     """Refuse a prediction that cannot be put on the target grid: other direction cosines, or no physical overlap.
 
     Raises:
@@ -275,17 +298,26 @@ def check_prediction_geometry(pred_affine: np.ndarray, pred_shape: Sequence[int]
     if diff > DIRECTION_TOLERANCE:
         raise InputDataError(
             f"direction cosines differ from the label's{where} by up to {diff:.3g}: not in the same orientation "
-            "(reorient or invert the prediction to the label's axes)", path=pred_path or None)
+            "(reorient or invert the prediction to the label's axes)",
+            path=pred_path or None,
+        )
     # the prediction's voxel extent [-0.5, n - 0.5] per axis, in the target grid's index coordinates
-    corners = np.array([[i, j, k, 1.0] for i in (-0.5, pred_shape[0] - 0.5) for j in (-0.5, pred_shape[1] - 0.5)
-                        for k in (-0.5, pred_shape[2] - 0.5)]).T
+    corners = np.array(
+        [
+            [i, j, k, 1.0]
+            for i in (-0.5, pred_shape[0] - 0.5)
+            for j in (-0.5, pred_shape[1] - 0.5)
+            for k in (-0.5, pred_shape[2] - 0.5)
+        ]
+    ).T
     idx = (np.linalg.inv(np.asarray(target_affine, float)) @ np.asarray(pred_affine, float) @ corners)[:3]
     lo, hi = idx.min(axis=1), idx.max(axis=1)
     eps = 1e-6
     if np.any(hi <= -0.5 + eps) or np.any(lo >= np.asarray(target_shape, float) - 0.5 - eps):
         raise InputDataError(
             f"lies outside the label's physical extent{where} (no overlap): check the prediction's affine/origin",
-            path=pred_path or None)
+            path=pred_path or None,
+        )
 
 
 def to_target_space(
@@ -326,8 +358,11 @@ def to_target_space(
         >>> p.shape, s, bool((p == l).all())
         ((20, 20, 16), (1.5, 1.5, 1.5), True)
     """
-    ts = spacing if isinstance(spacing, TargetSpacing) else TargetSpacing(
-        tuple(np.broadcast_to(np.asarray(spacing, float), (3,))))
+    ts = (
+        spacing
+        if isinstance(spacing, TargetSpacing)
+        else TargetSpacing(tuple(np.broadcast_to(np.asarray(spacing, float), (3,))))
+    )
     laff = np.asarray(label_affine, float)
     paff = np.asarray(pred_affine, float)
     voxel_by_voxel = not check and tuple(pred.shape) == tuple(label.shape)

@@ -57,7 +57,7 @@ def mask_surface(mask: np.ndarray) -> np.ndarray:
         lo[axis], hi[axis], mid[axis] = slice(0, n - 2), slice(2, n), slice(1, n - 1)
         interior[tuple(mid)] &= mask[tuple(lo)]
         interior[tuple(mid)] &= mask[tuple(hi)]
-        first = [slice(None)] * mask.ndim
+        first: list[slice | int] = [slice(None)] * mask.ndim
         first[axis] = 0
         interior[tuple(first)] = False
         first[axis] = n - 1

@@ -45,44 +45,80 @@ def register(subparsers: Any) -> None:
         description="Segment NIfTI/NRRD files or DICOM series; writes <case>.nii.gz (input shape and affine) and a "
         "<case>.json sidecar per case. Existing outputs are skipped unless --overwrite.",
     )
-    p.add_argument("--model", required=True, help="bundle directory, or a network preset name (then --checkpoint "
-                   "and --preprocessing are required)")
-    p.add_argument("--input", required=True, help="image file, folder of images, DICOM series folder, or folder of "
-                   "DICOM series folders")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="bundle directory, or a network preset name (then --checkpoint and --preprocessing are required)",
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        help="image file, folder of images, DICOM series folder, or folder of DICOM series folders",
+    )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--checkpoint", help="weights file (state dict); default <bundle>/models/model.pt")
     p.add_argument("--preprocessing", help="preprocessing preset for a preset model (e.g. ct_abdomen)")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size (x y z)")
     p.add_argument("--device", default=None, help="network device (default: cuda:LOCAL_RANK if available, else cpu)")
-    p.add_argument("--stitch-device", default=None, help="device holding the stitched volume (e.g. cpu while the "
-                   "network runs on cuda); default: same as --device")
+    p.add_argument(
+        "--stitch-device",
+        default=None,
+        help="device holding the stitched volume (e.g. cpu while the network runs on cuda); default: same as --device",
+    )
     p.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: the model's, 0.5)")
     p.add_argument("--sw-batch-size", type=int, default=None, help="windows per network call")
     p.add_argument("--mode", choices=("gaussian", "constant"), default=None, help="blending (default: the model's)")
-    p.add_argument("--tta", action="store_true",
-                   help="mirroring test-time augmentation: the softmax probabilities of the mirrored windows are "
-                   "averaged (nnU-Net v1); flips the bundle's tta_mirror_axes (the axes flipped in training), else all")
-    p.add_argument("--tta-axes", type=_axes, metavar="AXES",
-                   help="with --tta: spatial axes to mirror, e.g. 0 or 0,1,2 (x, y, z of the network input)")
-    p.add_argument("--streaming", action="store_true", help="streaming argmax: bounded memory for large volumes "
-                   "(labels are resampled with nearest neighbour)")
-    p.add_argument("--resample", choices=("probabilities", "labels"), default="probabilities",
-                   help="back to the original grid: resample probabilities then argmax (default), or nearest-"
-                   "neighbour resampling of the labels")
-    p.add_argument("--skip-background", choices=("off", "auto", "air", "zero"), default="off",
-                   help="skip windows entirely outside the body: air (CT, below --air-threshold HU), zero (MRI "
-                   "background), auto (from the model's modality)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="mirroring test-time augmentation: the softmax probabilities of the mirrored windows are "
+        "averaged (nnU-Net v1); flips the bundle's tta_mirror_axes (the axes flipped in training), else all",
+    )
+    p.add_argument(
+        "--tta-axes",
+        type=_axes,
+        metavar="AXES",
+        help="with --tta: spatial axes to mirror, e.g. 0 or 0,1,2 (x, y, z of the network input)",
+    )
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="streaming argmax: bounded memory for large volumes (labels are resampled with nearest neighbour)",
+    )
+    p.add_argument(
+        "--resample",
+        choices=("probabilities", "labels"),
+        default="probabilities",
+        help="back to the original grid: resample probabilities then argmax (default), or nearest-"
+        "neighbour resampling of the labels",
+    )
+    p.add_argument(
+        "--skip-background",
+        choices=("off", "auto", "air", "zero"),
+        default="off",
+        help="skip windows entirely outside the body: air (CT, below --air-threshold HU), zero (MRI "
+        "background), auto (from the model's modality)",
+    )
     p.add_argument("--air-threshold", type=float, default=-500.0, help="HU below which CT voxels are air")
     p.add_argument("--amp", action="store_true", help="fp16 autocast for the network (CUDA only; ignored on CPU)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
-    p.add_argument("--postprocess", choices=("largest-component",), default=None,
-                   help="keep the largest connected component of each class")
+    p.add_argument(
+        "--postprocess",
+        choices=("largest-component",),
+        default=None,
+        help="keep the largest connected component of each class",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--series-uid", action="append", default=[], metavar="UID",
-                   help="DICOM SeriesInstanceUID to read from a series folder that holds several series (repeat for "
-                   "several folders; a folder of several series holding none of them fails; a folder of one series "
-                   "is read as is). Default: the series with the most slices, named on stderr and in the sidecar")
+    p.add_argument(
+        "--series-uid",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="DICOM SeriesInstanceUID to read from a series folder that holds several series (repeat for "
+        "several folders; a folder of several series holding none of them fails; a folder of one series "
+        "is read as is). Default: the series with the most slices, named on stderr and in the sidecar",
+    )
     p.set_defaults(func=run)
 
 
@@ -123,8 +159,10 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"infer: {ok} written, {skipped} skipped (exist), {failed} failed -> {args.output}", file=sys.stderr)
             if failed_ranks:
-                print(f"error: {failed_ranks} of {world} ranks stopped with an error (see their messages above)",
-                      file=sys.stderr)
+                print(
+                    f"error: {failed_ranks} of {world} ranks stopped with an error (see their messages above)",
+                    file=sys.stderr,
+                )
         return EXIT_CASES_FAILED if failed or failed_ranks else 0
     finally:
         if dist is not None and dist.is_initialized():
@@ -172,5 +210,8 @@ def _run_rank(args: argparse.Namespace, rank: int, world: int) -> tuple[int, int
             print(f"warning: {note}", file=sys.stderr)
     model = load_model(args.model, args.checkpoint, device, preprocessing=args.preprocessing, roi_size=args.roi)
     results = infer_cases(cases, model, args.output, settings, rank=rank, world_size=world)
-    return (sum(r.status == "ok" for r in results), sum(r.status == "skipped" for r in results),
-            sum(r.status == "failed" for r in results))
+    return (
+        sum(r.status == "ok" for r in results),
+        sum(r.status == "skipped" for r in results),
+        sum(r.status == "failed" for r in results),
+    )

@@ -34,9 +34,10 @@ Examples:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +82,9 @@ class WindowPlan:
         return tuple(slice(s, s + n) for s, n in zip(starts, self.image_size))
 
 
-def plan_windows(image_size: Sequence[int], roi_size: Sequence[int] | int, overlap: Sequence[float] | float) -> WindowPlan:
+def plan_windows(
+    image_size: Sequence[int], roi_size: Sequence[int] | int, overlap: Sequence[float] | float
+) -> WindowPlan:
     """MONAI's sliding-window grid: pad to ``roi_size``, step ``int(roi * (1 - overlap))`` (at least 1).
 
     Args:
@@ -234,7 +237,9 @@ class SlidingWindowEngine(Inferer):
         """The window weight map (float32, shape ``roi``), computed once per (roi, device)."""
         key = (roi, str(device), str(self.mode), str(self.sigma_scale))
         if key not in self._importance:
-            w = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device, dtype=torch.float32)
+            w = compute_importance_map(
+                roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device, dtype=torch.float32
+            )
             self._importance[key] = w
             while len(self._importance) > _CACHE_SIZE:
                 self._importance.popitem(last=False)
@@ -242,7 +247,14 @@ class SlidingWindowEngine(Inferer):
 
     def count_map(self, plan: WindowPlan, device: torch.device) -> torch.Tensor:
         """Sum of the window weights over all windows of ``plan`` (shape ``plan.padded_size``), cached per geometry."""
-        key = (plan.padded_size, plan.roi_size, tuple((s.start, s.stop) for win in plan.slices for s in win), str(device), str(self.mode), str(self.sigma_scale))
+        key = (
+            plan.padded_size,
+            plan.roi_size,
+            tuple((s.start, s.stop) for win in plan.slices for s in win),
+            str(device),
+            str(self.mode),
+            str(self.sigma_scale),
+        )
         if key not in self._count:
             w = self.importance_map(plan.roi_size, device)
             count = torch.zeros(plan.padded_size, dtype=torch.float32, device=device)
@@ -269,23 +281,33 @@ class SlidingWindowEngine(Inferer):
             x = x.float()  # accumulate in float32 whatever the input dtype
         plan = plan_windows(x.shape[2:], roi, self.overlap)
         if any(plan.pad):
-            x = F.pad(x, pad=plan.pad, mode=self.padding_mode, value=self.cval) if self.padding_mode == "constant" else F.pad(x, pad=plan.pad, mode=self.padding_mode)
+            x = (
+                F.pad(x, pad=plan.pad, mode=self.padding_mode, value=self.cval)
+                if self.padding_mode == "constant"
+                else F.pad(x, pad=plan.pad, mode=self.padding_mode)
+            )
         sw_device = self.sw_device or inputs.device
         device = self.device or inputs.device
         return x, plan, sw_device, device
 
     def _run_windows(
-        self, x: torch.Tensor, b: int, windows: Sequence[tuple[slice, ...]], predictor: Callable[..., Any],
-        sw_device: torch.device, args: tuple, kwargs: dict,
-    ):
+        self,
+        x: torch.Tensor,
+        b: int,
+        windows: Sequence[tuple[slice, ...]],
+        predictor: Callable[..., Any],
+        sw_device: torch.device,
+        args: tuple,
+        kwargs: dict,
+    ) -> Iterator[tuple[tuple[slice, ...], torch.Tensor]]:
         """Yield ``(window_slices, prediction)`` for the windows of batch item ``b``, ``sw_batch_size`` at a time."""
         autocast = self.amp and sw_device.type == "cuda"
         for start in range(0, len(windows), self.sw_batch_size):
             group = windows[start : start + self.sw_batch_size]
             if len(group) == 1:
-                data = x[(slice(b, b + 1), slice(None), *group[0])].to(sw_device)
+                data = x[(slice(b, b + 1), slice(None)) + group[0]].to(sw_device)
             else:
-                data = torch.cat([x[(slice(b, b + 1), slice(None), *w)] for w in group]).to(sw_device)
+                data = torch.cat([x[(slice(b, b + 1), slice(None)) + w] for w in group]).to(sw_device)
             with torch.no_grad():
                 if autocast:
                     with torch.autocast(device_type="cuda", dtype=torch.float16):
@@ -307,7 +329,9 @@ class SlidingWindowEngine(Inferer):
             for i, w in enumerate(group):
                 yield w, out[i : i + 1]
 
-    def _select_windows(self, x: torch.Tensor, b: int, plan: WindowPlan, foreground: torch.Tensor | None) -> list[tuple[slice, ...]]:
+    def _select_windows(
+        self, x: torch.Tensor, b: int, plan: WindowPlan, foreground: torch.Tensor | None
+    ) -> list[tuple[slice, ...]]:
         if foreground is None and self.skip_below is None:
             return list(plan.slices)
         fg = None
@@ -326,12 +350,12 @@ class SlidingWindowEngine(Inferer):
             if fg is not None:
                 run = bool(fg[w].any())
             if run and self.skip_below is not None:
-                run = bool((x[(b, 0, *w)] > self.skip_below).any())
+                run = bool((x[(b, 0) + w] > self.skip_below).any())
             if run:
                 keep.append(w)
         return keep
 
-    def _progress(self, total: int):
+    def _progress(self, total: int) -> Any:
         if not self.progress:
             return None
         from tqdm.auto import tqdm
@@ -339,7 +363,14 @@ class SlidingWindowEngine(Inferer):
         return tqdm(total=total, desc="windows", leave=False, unit="win")
 
     # ------------------------------------------------------------------ public API
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, foreground: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        *args: Any,
+        foreground: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """Blended logits ``(B, C, *spatial)`` on ``device`` (a MetaTensor when ``inputs`` is one).
 
         Args:
@@ -354,7 +385,16 @@ class SlidingWindowEngine(Inferer):
             result = MetaTensor(result, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return result
 
-    def _blend(self, inputs, network, args, kwargs, *, foreground, normalize: bool) -> torch.Tensor:
+    def _blend(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        *,
+        foreground: torch.Tensor | None,
+        normalize: bool,
+    ) -> torch.Tensor:
         """Accumulate weighted window predictions; ``normalize`` divides by the count map (argmax does not need it)."""
         x, plan, sw_device, device = self._prepare(inputs)
         w = self.importance_map(plan.roi_size, sw_device)
@@ -370,7 +410,7 @@ class SlidingWindowEngine(Inferer):
                 if out is None:
                     out = _zeros(plan.padded_size, pred.shape[1], _channels_last(pred), device)
                 pred = pred.mul_(w)
-                out[(slice(None), slice(None), *win)] += pred.to(device)
+                out[(slice(None), slice(None)) + win] += pred.to(device)
                 if bar is not None:
                     bar.update(1)
             if out is None:  # every window skipped: background everywhere
@@ -390,15 +430,24 @@ class SlidingWindowEngine(Inferer):
                 out[:, 1:][uncovered.expand(out.shape[1] - 1, *uncovered.shape)[None]] = BACKGROUND_FILL
             if bar is not None:
                 bar.update(len(plan.slices) - len(windows))
-            outputs.append(out[(slice(None), slice(None), *plan.crop)] if any(plan.pad) else out)
+            outputs.append(out[(slice(None), slice(None)) + plan.crop] if any(plan.pad) else out)
         if bar is not None:
             bar.close()
         self.last_stats = {"windows": total, "run": run, "skipped": total - run}
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
-    def _all_background(self, x, plan, network, sw_device, device, args, kwargs) -> torch.Tensor:
+    def _all_background(
+        self,
+        x: torch.Tensor,
+        plan: WindowPlan,
+        network: Callable[..., Any],
+        sw_device: torch.device,
+        device: torch.device,
+        args: tuple,
+        kwargs: dict,
+    ) -> torch.Tensor:
         """Logits that give background everywhere; the channel count comes from one predictor call."""
-        probe = x[(slice(0, 1), slice(None), *plan.slices[0])].to(sw_device)
+        probe = x[(slice(0, 1), slice(None)) + plan.slices[0]].to(sw_device)
         out = network(probe, *args, **kwargs)
         if isinstance(out, (list, tuple)):
             out = out[0]
@@ -426,7 +475,9 @@ class SlidingWindowEngine(Inferer):
         """
         streaming = self.streaming if streaming is None else streaming
         if not streaming:
-            return channel_argmax(self._blend(inputs, network, args, kwargs, foreground=foreground, normalize=False), dim=1)
+            return channel_argmax(
+                self._blend(inputs, network, args, kwargs, foreground=foreground, normalize=False), dim=1
+            )
         x, plan, sw_device, device = self._prepare(inputs)
         nd = len(plan.image_size)
         axis = self._choose_axis(plan) if self.stream_axis is None else int(self.stream_axis) % nd
@@ -441,7 +492,7 @@ class SlidingWindowEngine(Inferer):
             labels = self._stream_one(x, b, plan, windows, axis, w, network, sw_device, device, args, kwargs, bar)
             if bar is not None:
                 bar.update(len(plan.slices) - len(windows))
-            labels_out.append(labels[(slice(None), slice(None), *plan.crop)] if any(plan.pad) else labels)
+            labels_out.append(labels[(slice(None), slice(None)) + plan.crop] if any(plan.pad) else labels)
         if bar is not None:
             bar.close()
         self.last_stats = {"windows": total, "run": run, "skipped": total - run, "stream_axis": axis}
@@ -464,18 +515,33 @@ class SlidingWindowEngine(Inferer):
 
         return min(rest, key=lambda a: (row_size(a), a))
 
-    def _stream_one(self, x, b, plan, windows, axis, w, network, sw_device, device, args, kwargs, bar) -> torch.Tensor:
+    def _stream_one(
+        self,
+        x: torch.Tensor,
+        b: int,
+        plan: WindowPlan,
+        windows: Sequence[tuple[slice, ...]],
+        axis: int,
+        w: torch.Tensor,
+        network: Callable[..., Any],
+        sw_device: torch.device,
+        device: torch.device,
+        args: tuple,
+        kwargs: dict,
+        bar: Any,
+    ) -> torch.Tensor:
         """Two-level streaming: slabs along ``axis``, rows along an inner axis; finished voxels become labels at once.
 
         Windows run in MONAI's order (sorted by their start on ``axis``, then on the inner axis; for axes 0 and 1
         this is MONAI's own order). A *row* is the set of windows sharing a start on ``axis``; its voxels live in a
-        row buffer ``C x roi_a x roi_b x rest`` that moves along the inner axis (a ring: no data is shifted). When it moves on, the planes it
-        leaves are either final (no later row reaches them: argmax to labels) or still shared with the next row
-        (copied to a carry buffer ``C x overlap_a x size_b x rest``); the next row starts from that carry. Every
-        voxel therefore sums its windows' weighted predictions in the same order as MONAI, from the same zero, so
-        the labels are identical; memory is the carry plus one row buffer instead of a ``C x roi_a x size_b x rest``
-        slab (or MONAI's ``C x`` volume). Buffers follow the predictions' memory layout (channels-last predictions
-        get channels-last buffers, so accumulation reads and writes contiguous memory).
+        row buffer ``C x roi_a x roi_b x rest`` that moves along the inner axis (a ring: no data is shifted). When it
+        moves on, the planes it leaves are either final (no later row reaches them: argmax to labels) or still shared
+        with the next row (copied to a carry buffer ``C x overlap_a x size_b x rest``); the next row starts from that
+        carry. Every voxel therefore sums its windows' weighted predictions in the same order as MONAI, from the same
+        zero, so the labels are identical; memory is the carry plus one row buffer instead of a
+        ``C x roi_a x size_b x rest`` slab (or MONAI's ``C x`` volume). Buffers follow the predictions' memory
+        layout (channels-last predictions get channels-last buffers, so accumulation reads and writes contiguous
+        memory).
         """
         nd = len(plan.padded_size)
         if nd < 2:
@@ -492,10 +558,6 @@ class SlidingWindowEngine(Inferer):
         carry_planes = max([a + roi[0] - n for a, n in next_start.items() if n is not None] + [0])
         pred_perm = (0, 1, *[2 + d for d in perm])
         cc = (slice(None), slice(None))
-
-        labels: torch.Tensor | None = None
-        buf: torch.Tensor | None = None
-        carry: torch.Tensor | None = None
         st = {"a0": -1, "lo": 0, "fin": 0, "t_in": 0, "t_out": 0}
 
         def ring(p0: int, p1: int) -> list[tuple[int, int, int]]:
@@ -512,7 +574,7 @@ class SlidingWindowEngine(Inferer):
             t = st["t_in"]
             if t and hi_b > lo_b:
                 for s0, s1, p in ring(lo_b, hi_b):
-                    buf[(*cc, slice(0, t), slice(s0, s1))] = carry[(*cc, slice(0, t), slice(p, p + s1 - s0))]
+                    buf[cc + (slice(0, t), slice(s0, s1))] = carry[cc + (slice(0, t), slice(p, p + s1 - s0))]
 
         def flush(upto: int) -> None:
             """Finish row positions [lo, upto): final planes to labels, shared planes to the carry, slots reused.
@@ -526,11 +588,12 @@ class SlidingWindowEngine(Inferer):
                 nb = s1 - s0
                 for i in range(0, fin, 8):  # a few planes at a time keeps the argmax temporaries small
                     j = min(i + 8, fin)
-                    labels[(*cc, slice(a0 + i, a0 + j), slice(p, p + nb))] = channel_argmax(
-                        buf[(*cc, slice(i, j), slice(s0, s1))], dim=1, dtype=labels.dtype)
+                    labels[cc + (slice(a0 + i, a0 + j), slice(p, p + nb))] = channel_argmax(
+                        buf[cc + (slice(i, j), slice(s0, s1))], dim=1, dtype=labels.dtype
+                    )
                 if t_out:
-                    carry[(*cc, slice(0, t_out), slice(p, p + nb))] = buf[(*cc, slice(fin, fin + t_out), slice(s0, s1))]
-                buf[(*cc, slice(None), slice(s0, s1))] = 0.0
+                    carry[cc + (slice(0, t_out), slice(p, p + nb))] = buf[cc + (slice(fin, fin + t_out), slice(s0, s1))]
+                buf[cc + (slice(None), slice(s0, s1))] = 0.0
             st["lo"] = upto
             load(lo + buf.shape[3], upto + buf.shape[3])
 
@@ -545,16 +608,16 @@ class SlidingWindowEngine(Inferer):
             buf.zero_()
             load(0, buf.shape[3])
 
-        for win, pred in self._run_windows(x, b, order, network, sw_device, args, kwargs):
-            if buf is None:
-                n_cls = pred.shape[1]
-                channels_last = _channels_last(pred)
-                labels = torch.zeros((1, 1, *size), dtype=torch.uint8 if n_cls <= 256 else torch.int16, device=device)
-                slab_bytes = 4 * n_cls * roi[0] * math.prod(size[1:])
-                width = size[1] if slab_bytes <= self.stream_row_bytes else roi[1]
-                buf = _zeros((roi[0], width, *size[2:]), n_cls, channels_last, device)
-                if carry_planes:
-                    carry = _zeros((carry_planes, *size[1:]), n_cls, channels_last, device)
+        predictions = self._run_windows(x, b, order, network, sw_device, args, kwargs)
+        first = next(predictions)  # the buffers take the class count and memory layout of the first prediction
+        n_cls = first[1].shape[1]
+        channels_last = _channels_last(first[1])
+        labels = torch.zeros((1, 1, *size), dtype=torch.uint8 if n_cls <= 256 else torch.int16, device=device)
+        slab_bytes = 4 * n_cls * roi[0] * math.prod(size[1:])
+        width = size[1] if slab_bytes <= self.stream_row_bytes else roi[1]
+        buf = _zeros((roi[0], width, *size[2:]), n_cls, channels_last, device)
+        carry = _zeros((carry_planes, *size[1:]), n_cls, channels_last, device)  # no planes: rows do not overlap
+        for win, pred in itertools.chain([first], predictions):
             a_start = win[axis].start
             if a_start != st["a0"]:
                 if st["a0"] >= 0:
@@ -569,10 +632,10 @@ class SlidingWindowEngine(Inferer):
             rows = slice(cw[0].start - st["a0"], cw[0].stop - st["a0"])
             for s0, s1, p in ring(cw[1].start, cw[1].stop):
                 q = p - cw[1].start
-                buf[(*cc, rows, slice(s0, s1), *cw[2:])] += pred[(*cc, slice(None), slice(q, q + s1 - s0))]
+                buf[cc + (rows, slice(s0, s1), *cw[2:])] += pred[cc + (slice(None), slice(q, q + s1 - s0))]
             if bar is not None:
                 bar.update(1)
         advance(size[1])
-        del buf, carry
+        buf = carry = torch.empty(0)  # release the buffers before the permuted copy (the closures share the names)
         inv = [perm.index(d) for d in range(nd)]
         return labels.permute(0, 1, *[2 + d for d in inv]).contiguous()

@@ -6,9 +6,10 @@ checkpoint and the preprocessing preset named explicitly; its window comes from 
 
 Examples:
     >>> from pipeline.inference import load_model
-    >>> m = load_model("bundles/unetrpp_sts_ct_segmentation")  # doctest: +SKIP
-    >>> m.roi_size, m.out_channels  # doctest: +SKIP
-    ((96, 96, 32), 2)
+    >>> from pipeline.paths import BUNDLES_DIR
+    >>> m = load_model(BUNDLES_DIR / "unetrpp_hippocampus_mri_segmentation")
+    >>> m.roi_size, m.out_channels
+    ((32, 48, 32), 3)
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _unwrap_state(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"checkpoint is not a state dict (keys: {', '.join(list(map(str, obj))[:6])})", path=path)
     if obj and all(str(k).startswith("module.") for k in obj):  # saved from DistributedDataParallel
-        return {str(k)[len("module."):]: v for k, v in obj.items()}
+        return {str(k)[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -114,20 +115,24 @@ def load_checkpoint(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Mod
         raise ModelError("checkpoint not found", path=path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+    except Exception as exc:  # any unpickling failure is a bad checkpoint
         with open(path, "rb") as f:
             head = f.read(2)
         if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # neither torch's zip format nor a pickle
-            raise ModelError("unreadable checkpoint: not a PyTorch file (an HTML error page or a truncated "
-                             "download?)", path=path) from exc
+            raise ModelError(
+                "unreadable checkpoint: not a PyTorch file (an HTML error page or a truncated download?)", path=path
+            ) from exc
         reason = " ".join(str(exc).split())[:200]
         raise ModelError(f"unreadable checkpoint ({type(exc).__name__}: {reason})", path=path) from exc
     state = _unwrap_state(obj, path)
     try:
         result = network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"checkpoint does not fit {type(network).__name__}: {describe_mismatch(network, state)} "
-                         "(another preset, number of classes or ROI?)", path=path) from exc
+        raise ModelError(
+            f"checkpoint does not fit {type(network).__name__}: {describe_mismatch(network, state)} "
+            "(another preset, number of classes or ROI?)",
+            path=path,
+        ) from exc
     del result
     return network
 
@@ -160,37 +165,46 @@ def _load_bundle(
         meta_file = bundle / "configs" / "metadata.json"
         if meta_file.is_file():
             parser.read_meta(str(meta_file))
-    except Exception as exc:  # noqa: BLE001 - config errors surface as one line naming the file
-        raise ModelError(f"cannot read the bundle config ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:300]})", path=cfg) from exc
+    except Exception as exc:  # config errors surface as one line naming the file
+        raise ModelError(
+            f"cannot read the bundle config ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})", path=cfg
+        ) from exc
+    config: dict[str, Any] = parser.get()  # the whole config, as read (parser.config is typed ConfigItem | None)
     for key in ("network_def", "preprocessing"):
-        if key not in parser.config:
-            raise ModelError(f"config has no {key!r} (id not found: a bundle's inference config must define "
-                             "network_def and preprocessing)", path=cfg)
+        if key not in config:
+            raise ModelError(
+                f"config has no {key!r} (id not found: a bundle's inference config must define "
+                "network_def and preprocessing)",
+                path=cfg,
+            )
     parser["bundle_root"] = str(bundle)
     parser["device"] = f"$torch.device('{device}')"
     if roi_size is not None:  # networks whose size follows the bundle's roi_size are rebuilt for the new window
-        roi = [int(r) for r in roi_size]
-        if "roi_size" in parser.config:
-            parser["roi_size"] = roi
-        if isinstance(parser.config.get("inferer"), Mapping):
-            parser["inferer"]["roi_size"] = roi
+        window = [int(r) for r in roi_size]
+        if "roi_size" in config:
+            parser["roi_size"] = window
+        if isinstance(config.get("inferer"), Mapping):
+            parser["inferer"]["roi_size"] = window
     if allow_untrained:
         torch.manual_seed(seed)  # a reproducible random initialisation when no weights are loaded
     try:
         network = parser.get_parsed_content("network_def")
         preprocessing = parser.get_parsed_content("preprocessing")
         inferer = parser.get_parsed_content("inferer") if "inferer" in parser else None
-    except Exception as exc:  # noqa: BLE001 - config errors surface as one line naming the file
-        raise ModelError(f"cannot build the bundle's network/preprocessing/inferer ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:300]})", path=cfg) from exc
+    except Exception as exc:  # config errors surface as one line naming the file
+        raise ModelError(
+            f"cannot build the bundle's network/preprocessing/inferer ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]})",
+            path=cfg,
+        ) from exc
     if not isinstance(network, nn.Module):
         raise ModelError(f"network_def builds a {type(network).__name__}, not a torch module", path=cfg)
-    ckpt: Path | None = Path(checkpoint) if checkpoint else bundle / "models" / "model.pt"
+    ckpt = Path(checkpoint) if checkpoint else bundle / "models" / "model.pt"
+    untrained = False
     if ckpt.is_file():
         load_checkpoint(network, ckpt)
     elif allow_untrained and not checkpoint:
-        ckpt = None  # smoke tests only: the seeded random initialisation is kept
+        untrained = True  # smoke tests only: the seeded random initialisation is kept
     else:
         raise ModelError("no weights: models/model.pt is missing (train the bundle or pass --checkpoint)", path=ckpt)
     roi = getattr(inferer, "roi_size", None)
@@ -202,8 +216,8 @@ def _load_bundle(
         raise ModelError("the bundle names no window size (inferer roi_size or metadata spatial_shape)", path=cfg)
     meta = parser.get("_meta_", {}) or {}
     fmt = (meta.get("network_data_format") or {}) if isinstance(meta, Mapping) else {}
-    out = ((fmt.get("outputs") or {}).get("pred") or {})
-    inp = ((fmt.get("inputs") or {}).get("image") or {})
+    out = (fmt.get("outputs") or {}).get("pred") or {}
+    inp = (fmt.get("inputs") or {}).get("image") or {}
     channel_def = {int(k): str(v) for k, v in (out.get("channel_def") or {}).items()}
     out_channels = out.get("num_channels") or (len(channel_def) or None)
     overlap = getattr(inferer, "overlap", 0.5)
@@ -224,7 +238,7 @@ def _load_bundle(
         mirror_axes=tuple(axes) if axes is not None else None,
         name=bundle.name,
         source=str(bundle),
-        checkpoint=str(ckpt) if ckpt else None,
+        checkpoint=None if untrained else str(ckpt),
         device=device,
     )
 
@@ -242,8 +256,10 @@ def _load_preset(
     try:
         preset = get_preset(name)
     except KeyError:
-        raise UsageError(f"--model {name!r} is neither a bundle directory nor a network preset; "
-                         f"known presets: {', '.join(list_networks())}") from None
+        raise UsageError(
+            f"--model {name!r} is neither a bundle directory nor a network preset; "
+            f"known presets: {', '.join(list_networks())}"
+        ) from None
     if checkpoint is None:
         raise UsageError(f"--model {name} is a preset: pass --checkpoint FILE with its trained weights")
     if preprocessing is None:
@@ -323,8 +339,7 @@ def load_model(
     device = torch.device(device)
     path = Path(model).expanduser()
     if path.is_dir():
-        loaded = _load_bundle(path, checkpoint, device, roi_size=roi_size, allow_untrained=allow_untrained,
-                              seed=seed)
+        loaded = _load_bundle(path, checkpoint, device, roi_size=roi_size, allow_untrained=allow_untrained, seed=seed)
     elif os.sep in str(model) or str(model).startswith("."):
         raise UsageError(f"--model {model}: no such bundle directory")
     else:

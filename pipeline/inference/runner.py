@@ -10,9 +10,10 @@ takes the argmax in the model grid and resamples the label map with nearest neig
 model grid is the original one.
 
 Examples:
-    >>> from pipeline.inference import load_model, infer_cases, InferenceSettings  # doctest: +SKIP
+    >>> from pipeline.inference import InferenceSettings, infer_cases, load_model
     >>> model = load_model("bundles/unetrpp_sts_ct_segmentation")  # doctest: +SKIP
-    >>> results = infer_cases([{"image": "ct.nii.gz", "case": "ct"}], model, "out/", InferenceSettings())  # doctest: +SKIP
+    >>> items = [{"image": "ct.nii.gz", "case": "ct"}]
+    >>> results = infer_cases(items, model, "out/", InferenceSettings())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -183,7 +184,7 @@ def _foreground_mask(image_path: str, target: MetaTensor, criterion: str, air_th
     body = MetaTensor(body.float(), meta=dict(raw.meta))  # meta carries the raw affine
     dst = MetaTensor(torch.zeros((1, *target.shape[1:]), dtype=torch.float32), affine=target.affine)
     resampled = ResampleToMatch(mode="nearest", padding_mode="zeros")(body, img_dst=dst)
-    return torch.as_tensor(resampled.as_tensor()[0] > 0.5)
+    return torch.as_tensor(cast(MetaTensor, resampled).as_tensor()[0] > 0.5)
 
 
 def _invert(pred: torch.Tensor, data: dict, preprocessing: Any, nearest: bool) -> MetaTensor:
@@ -196,8 +197,9 @@ def _invert(pred: torch.Tensor, data: dict, preprocessing: Any, nearest: bool) -
     return inv({"image": img, "pred": pred_mt})["pred"]
 
 
-def _check_memory(image_path: str, shape: tuple[int, ...], in_channels: int, model: LoadedModel,
-                  settings: InferenceSettings) -> None:
+def _check_memory(
+    image_path: str, shape: tuple[int, ...], in_channels: int, model: LoadedModel, settings: InferenceSettings
+) -> None:
     """Refuse (ResourceError naming the file) a sliding-window run whose buffers cannot fit the memory budget."""
     from pipeline.data.resources import estimate_inference_bytes, require_memory
 
@@ -207,9 +209,13 @@ def _check_memory(image_path: str, shape: tuple[int, ...], in_channels: int, mod
         hint = "free memory, raise $MEDSEG_MEMORY_LIMIT_MB, or use a machine with more RAM"
     else:
         hint = "pass --streaming (bounded memory: one slab of logits at a time) or raise $MEDSEG_MEMORY_LIMIT_MB"
-    require_memory(need, path=image_path, hint=hint,
-                   what=f"sliding-window inference on {'x'.join(map(str, shape))} voxels x {classes} classes"
-                        + (" (streaming)" if settings.streaming else ""))
+    require_memory(
+        need,
+        path=image_path,
+        hint=hint,
+        what=f"sliding-window inference on {'x'.join(map(str, shape))} voxels x {classes} classes"
+        + (" (streaming)" if settings.streaming else ""),
+    )
 
 
 def predict_case(
@@ -228,8 +234,8 @@ def predict_case(
         data = model.preprocessing({"image": image_path})
     except PipelineError:
         raise
-    except Exception as exc:  # noqa: BLE001 - unreadable/corrupt input: one line naming the file
-        cause = exc
+    except Exception as exc:  # unreadable/corrupt input: one line naming the file
+        cause: BaseException = exc
         while cause.__cause__ is not None and not isinstance(cause, PipelineError):
             cause = cause.__cause__
         if isinstance(cause, PipelineError):
@@ -240,8 +246,11 @@ def predict_case(
         data = data[0]
     img = data["image"]
     if not isinstance(img, MetaTensor) or img.ndim != 4:
-        raise InputDataError(f"preprocessing gave {type(img).__name__} {tuple(getattr(img, 'shape', ()))}, "
-                             "expected a channel-first 3-D MetaTensor", path=image_path)
+        raise InputDataError(
+            f"preprocessing gave {type(img).__name__} {tuple(getattr(img, 'shape', ()))}, "
+            "expected a channel-first 3-D MetaTensor",
+            path=image_path,
+        )
     original_shape = tuple(int(s) for s in np.asarray(img.meta.get("spatial_shape", ())).tolist())
     original_affine = np.asarray(img.meta.get("original_affine", img.affine), dtype=np.float64)
     timings["load_preprocess"] = time.perf_counter() - t0
@@ -282,13 +291,14 @@ def predict_case(
                 if settings.save_probabilities:
                     prob_chunks.append(part.numpy())
                 m, idx = part.max(dim=0)  # first maximum within the chunk
-                if best is None:
+                if best is None or labels_t is None:  # (the first chunk sets both)
                     best, labels_t = m, idx.to(torch.int32)
                 else:
                     better = m > best  # strict: ties keep the lower class, like argmax
                     labels_t = torch.where(better, idx.to(torch.int32) + c0, labels_t)
                     best = torch.where(better, m, best)
             affine = np.asarray(inv.affine, dtype=np.float64)
+            assert labels_t is not None  # probs has at least one class
             labels = labels_t.numpy()
             if settings.save_probabilities:
                 probabilities = np.moveaxis(np.concatenate(prob_chunks, axis=0), 0, -1).astype(np.float32)
@@ -332,8 +342,15 @@ def _header_codes(meta: dict) -> tuple[int, int]:
     return code("qform_code"), code("sform_code")
 
 
-def save_label_nifti(labels: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, n_classes: int | None = None,
-                     codes: tuple[int, int] = (1, 1), overwrite: bool = True) -> Path:
+def save_label_nifti(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    n_classes: int | None = None,
+    codes: tuple[int, int] = (1, 1),
+    overwrite: bool = True,
+) -> Path:
     """Write a label map atomically with ``affine`` in both qform and sform; uint8 when labels fit, else uint16."""
     import nibabel as nib
 
@@ -405,8 +422,10 @@ def infer_cases(
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for item in cases:  # realpath, not Path.resolve(): a symlink loop among the inputs must not raise here
-        if (os.path.dirname(os.path.realpath(item["image"])) == os.path.realpath(out_dir)
-                and Path(item["image"]).name == f"{item['case']}.nii.gz"):
+        if (
+            os.path.dirname(os.path.realpath(item["image"])) == os.path.realpath(out_dir)
+            and Path(item["image"]).name == f"{item['case']}.nii.gz"
+        ):
             raise UsageError(f"--output {out_dir} would overwrite the input {item['image']}; choose another folder")
     started = time.time()
     mine = _shard(cases, rank, world_size)
@@ -439,10 +458,13 @@ def infer_cases(
             print_warnings(image, report.get("warnings") or [], prefix=f"case {case}: ")
             t0 = time.perf_counter()
             codes = (0, 0) if report.get("geometry_source") == "pixdim" else _header_codes(pred["meta"])
-            save_label_nifti(pred["labels"], pred["affine"], out_path, n_classes=model.out_channels, codes=codes,
-                             overwrite=True)
+            save_label_nifti(
+                pred["labels"], pred["affine"], out_path, n_classes=model.out_channels, codes=codes, overwrite=True
+            )
             if pred["probabilities"] is not None:
-                _save_probabilities(pred["probabilities"], pred["affine"], out_dir / f"{case}_probabilities.nii.gz", codes)
+                _save_probabilities(
+                    pred["probabilities"], pred["affine"], out_dir / f"{case}_probabilities.nii.gz", codes
+                )
             pred["timings"]["save"] = time.perf_counter() - t0
             seconds = time.perf_counter() - t_case
             sidecar = {
@@ -453,11 +475,17 @@ def infer_cases(
                 "dtype": str(label_dtype(pred["labels"], model.out_channels).__name__),
                 "labels_present": sorted(int(v) for v in np.unique(pred["labels"])),
                 "model": model.describe(),
-                "settings": {**asdict(settings), "roi_size": list(engine.roi_size), "overlap": engine.overlap,
-                             "sw_batch_size": engine.sw_batch_size, "mode": str(engine.mode),
-                             "skip_criterion": _skip_criterion(settings, model),
-                             "tta_axes": (list(a) if (a := tta_axes(settings, model)) is not None else [0, 1, 2])
-                             if settings.tta else None},
+                "settings": {
+                    **asdict(settings),
+                    "roi_size": list(cast(Sequence[int], engine.roi_size)),  # make_engine gives the model's tuple
+                    "overlap": engine.overlap,
+                    "sw_batch_size": engine.sw_batch_size,
+                    "mode": str(engine.mode),
+                    "skip_criterion": _skip_criterion(settings, model),
+                    "tta_axes": (list(a) if (a := tta_axes(settings, model)) is not None else [0, 1, 2])
+                    if settings.tta
+                    else None,
+                },
                 "windows": pred["windows"],
                 "timings_s": {k: round(v, 4) for k, v in {**pred["timings"], "total": seconds}.items()},
                 "input_report": report,
@@ -475,4 +503,3 @@ def infer_cases(
             print(f"error: case {case}: {msg}", file=sys.stderr)
             results.append(CaseResult(case, image, "failed", None, msg, time.perf_counter() - t_case))
     return results
-

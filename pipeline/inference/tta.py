@@ -137,8 +137,10 @@ class MirrorTTA(nn.Module):
             for i, f in enumerate(self.flips):
                 y = out[i * n : (i + 1) * n]
                 total = self._accumulate(total, torch.flip(y, f) if f else y)
+            assert total is not None  # self.flips holds at least the identity
             return self._reduce(total)
         for f in self.flips:
             y = self._first(self.predictor(torch.flip(x, f) if f else x, *args, **kwargs))
             total = self._accumulate(total, torch.flip(y, f) if f else y)
+        assert total is not None  # self.flips holds at least the identity
         return self._reduce(total)

@@ -29,8 +29,11 @@ def describe_mismatch(network: nn.Module, state: Mapping[str, torch.Tensor], lim
     def listed(items: list[str]) -> str:
         return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
 
-    shapes = [f"{k} {list(v.shape)} (network {list(own[k].shape)})" for k, v in state.items()
-              if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {list(v.shape)} (network {list(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     parts = []

@@ -129,7 +129,7 @@ def require_weights(ckpt_path: str | os.PathLike, allow_untrained: bool | str = 
     Examples:
         >>> require_weights(__file__)  # an existing file: the CheckpointLoader runs
         True
-        >>> require_weights("/nonexistent/models/model.pt", allow_untrained="true")  # doctest: +SKIP
+        >>> require_weights("/nonexistent/models/model.pt", allow_untrained="true")  # a warning line on stderr
         False
     """
     path = Path(ckpt_path)
@@ -141,13 +141,19 @@ def require_weights(ckpt_path: str | os.PathLike, allow_untrained: bool | str = 
     if path.is_file():
         return True
     if allowed:
-        print(f"warning: {path}: no trained weights; running with a randomly initialised network "
-              "(allow_untrained): the outputs are not a segmentation", file=sys.stderr, flush=True)
+        print(
+            f"warning: {path}: no trained weights; running with a randomly initialised network "
+            "(allow_untrained): the outputs are not a segmentation",
+            file=sys.stderr,
+            flush=True,
+        )
         return False
     bundle = path.parent.parent if path.parent.name == "models" else "BUNDLE"
-    message = (f"error: {path}: no trained weights (file not found): the bundle would run with a randomly "
-               f"initialised network. Train it (medseg train --bundle {bundle}), pass the weights with "
-               "--ckpt_path FILE, or add --allow_untrained true for a smoke test")
+    message = (
+        f"error: {path}: no trained weights (file not found): the bundle would run with a randomly "
+        f"initialised network. Train it (medseg train --bundle {bundle}), pass the weights with "
+        "--ckpt_path FILE, or add --allow_untrained true for a smoke test"
+    )
     print(message, file=sys.stderr, flush=True)
     raise MissingWeightsExit(message)
 
@@ -198,5 +204,5 @@ def split_datalist(dataset: str | os.PathLike, which: str = "training", val_frac
     if not val:
         ordered = sorted(train, key=lambda d: str(d["image"]))
         n_val = max(1, int(round(len(ordered) * val_fraction))) if len(ordered) > 1 else 0
-        train, val = ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val:]
+        train, val = ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val :]
     return train if which == "training" else val

@@ -52,8 +52,13 @@ def capture_rng_state() -> dict[str, Any]:
     py_version, py_state, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -66,7 +71,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     nps = state["numpy"]
-    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["cached"]))
+    np.random.set_state(
+        (nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["cached"])
+    )
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
@@ -181,13 +188,16 @@ class ResumableCheckpoint:
             try:
                 unwrap_module(obj).load_state_dict(ckpt[key])
             except (RuntimeError, ValueError, KeyError) as exc:
-                raise ModelError(f"checkpoint entry {key!r} does not fit: {' '.join(str(exc).split())[:300]}",
-                                 path=path) from exc
+                raise ModelError(
+                    f"checkpoint entry {key!r} does not fit: {' '.join(str(exc).split())[:300]}", path=path
+                ) from exc
         trainer = ckpt["trainer"]
         if trainer.get("epoch_length") and engine.state.epoch_length not in (None, trainer["epoch_length"]):
             raise ModelError(
                 f"checkpoint was made with {trainer['epoch_length']} iterations per epoch, this run has "
-                f"{engine.state.epoch_length}: resume with the same data and batch size", path=path)
+                f"{engine.state.epoch_length}: resume with the same data and batch size",
+                path=path,
+            )
         engine.state.epoch = trainer["epoch"]
         engine.state.iteration = trainer["iteration"]
         restore_rng_state(ckpt["rng"])

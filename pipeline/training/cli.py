@@ -17,7 +17,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from pipeline.errors import ModelError, UsageError
 
@@ -57,8 +57,7 @@ def _bundle_configs(bundle: Path, names: list[str]) -> list[str]:
     return files
 
 
-def run_bundle_workflow(bundle: str | Path, configs: list[str], workflow_type: str = "train",
-                        **overrides: Any) -> int:
+def run_bundle_workflow(bundle: str | Path, configs: list[str], workflow_type: str = "train", **overrides: Any) -> int:
     """Build a MONAI ``ConfigWorkflow`` from ``bundle/configs/<configs...>``, check its properties, run it.
 
     Raises:
@@ -75,7 +74,7 @@ def run_bundle_workflow(bundle: str | Path, configs: list[str], workflow_type: s
     try:
         workflow.initialize()
         missing = workflow.check_properties()
-    except Exception as exc:  # noqa: BLE001 - config errors surface as one line
+    except Exception as exc:  # config errors surface as one line
         err = _one_line(exc, files[0], "cannot initialise the workflow")
         if err.__cause__ is not None:
             raise err  # noqa: B904 - a PipelineError from the chain keeps its own cause
@@ -84,13 +83,13 @@ def run_bundle_workflow(bundle: str | Path, configs: list[str], workflow_type: s
         raise ModelError(f"bundle config misses required properties: {', '.join(missing)}", path=files[0])
     try:
         workflow.run()
-    except Exception as exc:  # noqa: BLE001 - MONAI wraps everything in RuntimeError("Failed to ...")
-        err = _one_line(exc, files[0], "the workflow failed", config_only=True)
-        if err is None:
+    except Exception as exc:  # MONAI wraps everything in RuntimeError("Failed to ...")
+        run_err = _one_line(exc, files[0], "the workflow failed", config_only=True)
+        if run_err is None:
             raise
-        if err.__cause__ is not None:
-            raise err  # noqa: B904 - a PipelineError from the chain keeps its own cause
-        raise err from exc
+        if run_err.__cause__ is not None:
+            raise run_err  # noqa: B904 - a PipelineError from the chain keeps its own cause
+        raise run_err from exc
     finally:
         workflow.finalize()
     return 0
@@ -100,6 +99,10 @@ def run_bundle_workflow(bundle: str | Path, configs: list[str], workflow_type: s
 _CONFIG_ERRORS = ("is not defined in the config content", "is not found in the config resolver", "query key:")
 
 
+@overload
+def _one_line(exc: BaseException, config: str, what: str, *, config_only: Literal[False] = False) -> Exception: ...
+@overload
+def _one_line(exc: BaseException, config: str, what: str, *, config_only: bool) -> Exception | None: ...
 def _one_line(exc: BaseException, config: str, what: str, *, config_only: bool = False) -> Exception | None:
     """The user-facing error behind ``exc``: a PipelineError found in its cause chain (an unreadable case names its
     file, a checkpoint that does not fit names its layers), else a :class:`ModelError` naming ``config`` for config
@@ -151,8 +154,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override train#trainer#max_epochs")
     p.add_argument("--device", help="e.g. cpu or cuda:0 (default: cuda:0 when available)")
     p.add_argument("--multi-gpu", action="store_true", help="merge configs/multi_gpu_train.json (run under torchrun)")
-    p.add_argument("--config", action="append", metavar="FILE",
-                   help="extra override config (a file name in configs/ or a path); repeatable")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any config ID, e.g. --set val_interval=2 (JSON values); repeatable")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help="extra override config (a file name in configs/ or a path); repeatable",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config ID, e.g. --set val_interval=2 (JSON values); repeatable",
+    )
     p.set_defaults(func=_cmd_train)

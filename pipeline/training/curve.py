@@ -70,8 +70,13 @@ def markdown_table(epochs: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in epochs:
         vals = [f"{r[m]:.4f}" if isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) else "-" for m in metrics]
-        cells = [str(r["epoch"]), str(r.get("iteration", "-")), f"{r['epoch_loss']:.4f}", *vals,
-                 f"{r.get('seconds', float('nan')):.0f}"]
+        cells = [
+            str(r["epoch"]),
+            str(r.get("iteration", "-")),
+            f"{r['epoch_loss']:.4f}",
+            *vals,
+            f"{r.get('seconds', float('nan')):.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

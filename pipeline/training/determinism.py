@@ -42,7 +42,9 @@ class EpochSeeder:
     def __call__(self, engine: Engine) -> None:
         seed = self.epoch_seed(engine.state.epoch)
         set_determinism(seed=seed)
-        loader = engine.state.dataloader if engine.state.dataloader is not None else getattr(engine, "data_loader", None)
+        loader = (
+            engine.state.dataloader if engine.state.dataloader is not None else getattr(engine, "data_loader", None)
+        )
         dataset = getattr(loader, "dataset", None)
         if dataset is not None:
             set_rnd(dataset, seed)

@@ -1,7 +1,9 @@
-"""DDP helpers for ``torchrun`` training: gloo on CPU, nccl on CUDA.
+r"""DDP helpers for ``torchrun`` training: gloo on CPU, nccl on CUDA.
 
-Used by the bundles' ``multi_gpu_train.json``:
-``torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run --config_file "['configs/train.json','configs/multi_gpu_train.json']"``.
+Used by the bundles' ``multi_gpu_train.json``::
+
+    torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \
+        --config_file "['configs/train.json','configs/multi_gpu_train.json']"
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30) ->
     if not dist.is_initialized():
         if "RANK" not in os.environ:
             raise RuntimeError("init_distributed: RANK/WORLD_SIZE are not set; launch with torchrun")
-        dist.init_process_group(backend=backend or ("nccl" if device.type == "cuda" else "gloo"),
-                                timeout=timedelta(minutes=timeout_minutes))
+        dist.init_process_group(
+            backend=backend or ("nccl" if device.type == "cuda" else "gloo"), timeout=timedelta(minutes=timeout_minutes)
+        )
     return device
 
 
@@ -47,7 +50,9 @@ def get_rank() -> int:
 
 
 def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    return (
+        dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    )
 
 
 def is_main_process() -> bool:

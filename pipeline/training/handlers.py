@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -34,10 +35,13 @@ class GradientClipHandler:
             engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if not self.max_norm or self.max_norm <= 0:  # disabled (attach() does not register it then)
+            return
+        optimizer: torch.optim.Optimizer = engine.optimizer  # type: ignore[attr-defined]  # MONAI's Trainer has one
         scaler = getattr(engine, "scaler", None)
         if getattr(engine, "amp", False) and scaler is not None:
-            scaler.unscale_(engine.optimizer)
-        params = [p for g in engine.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, self.max_norm)
 
 
@@ -98,8 +102,13 @@ class TrainingLog:
         evaluator: when given, its ``state.metrics`` are added to the epoch record after validation.
     """
 
-    def __init__(self, path: str | os.PathLike, every_iteration: bool = True, main_process: bool = True,
-                 evaluator: Engine | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        every_iteration: bool = True,
+        main_process: bool = True,
+        evaluator: Engine | None = None,
+    ) -> None:
         self.path = Path(path)
         self.every_iteration = every_iteration
         self.main_process = main_process
@@ -127,7 +136,7 @@ class TrainingLog:
 
     @staticmethod
     def _loss(engine: Engine) -> float:
-        out = engine.state.output
+        out: Any = engine.state.output
         if isinstance(out, list):  # decollated output: the loss is repeated per item
             out = out[0]
         loss = out["loss"] if isinstance(out, dict) else out

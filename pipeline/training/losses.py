@@ -9,6 +9,7 @@ are made by nearest-neighbour resizing (MONAI's :class:`~monai.losses.DeepSuperv
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
@@ -116,7 +117,7 @@ class DiceCEDeepSupervisionLoss(_Loss):
             raise ValueError(f"batch sizes differ: prediction {pred.shape[0]} vs label {target.shape[0]}")
 
 
-def build_loss(name: str = "dice_ce", **kwargs) -> _Loss:
+def build_loss(name: str = "dice_ce", **kwargs: Any) -> _Loss:
     """Build a loss by name: ``"dice_ce"`` (Dice + CE, deep-supervision aware).
 
     Examples:

@@ -30,7 +30,9 @@ OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter] | torch.nn.Module, preset: str | Mapping[str, Any] = "sgd_nnunet", **overrides
+    params: Iterable[torch.nn.Parameter] | torch.nn.Module,
+    preset: str | Mapping[str, Any] = "sgd_nnunet",
+    **overrides: Any,
 ) -> torch.optim.Optimizer:
     """Build the optimizer of ``preset`` with keyword ``overrides`` (e.g. ``lr=3e-3``).
 

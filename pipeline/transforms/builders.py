@@ -98,8 +98,10 @@ def resolve_preset(
         spec["spacing"] = [float(s) for s in spacing]
     if spec.get("spacing") == "fingerprint":
         if fp is None or "median_spacing" not in fp:
-            raise UsageError(f"preset {name}: the target spacing comes from a fingerprint; pass fingerprint= "
-                             "(medseg datasets fingerprint PATH --out FILE) or spacing=")
+            raise UsageError(
+                f"preset {name}: the target spacing comes from a fingerprint; pass fingerprint= "
+                "(medseg datasets fingerprint PATH --out FILE) or spacing="
+            )
         spec["spacing"] = [float(s) for s in fp["median_spacing"]]
     inten = dict(spec["intensity"])
     if inten["type"] == "nnunet_ct" and fp is not None:
@@ -114,8 +116,10 @@ def resolve_preset(
     if inten["type"] == "nnunet_ct":
         missing = [k for k in ("lower", "upper", "mean", "std") if inten.get(k) is None]
         if missing:
-            raise UsageError(f"preset {name}: nnU-Net CT normalisation needs {missing}; pass fingerprint= or "
-                             "intensity={'lower':..., 'upper':..., 'mean':..., 'std':...}")
+            raise UsageError(
+                f"preset {name}: nnU-Net CT normalisation needs {missing}; pass fingerprint= or "
+                "intensity={'lower':..., 'upper':..., 'mean':..., 'std':...}"
+            )
         if float(inten["std"]) <= 0 or float(inten["upper"]) <= float(inten["lower"]):
             raise UsageError(f"preset {name}: nnU-Net CT numbers need std > 0 and upper > lower, got {inten}")
     spec["intensity"] = inten
@@ -125,14 +129,24 @@ def resolve_preset(
 def _intensity_transforms(spec: Mapping[str, Any], key: str) -> list:
     t = spec["type"]
     if t == "window":
-        return [ScaleIntensityRanged(keys=key, a_min=float(spec["a_min"]), a_max=float(spec["a_max"]),
-                                     b_min=float(spec.get("b_min", 0.0)), b_max=float(spec.get("b_max", 1.0)),
-                                     clip=bool(spec.get("clip", True)))]
+        return [
+            ScaleIntensityRanged(
+                keys=key,
+                a_min=float(spec["a_min"]),
+                a_max=float(spec["a_max"]),
+                b_min=float(spec.get("b_min", 0.0)),
+                b_max=float(spec.get("b_max", 1.0)),
+                clip=bool(spec.get("clip", True)),
+            )
+        ]
     if t == "nnunet_ct":
         # clip to [lower, upper] then (x - mean) / std, written as one linear map with clipping
         lo, hi, mean, std = (float(spec[k]) for k in ("lower", "upper", "mean", "std"))
-        return [ScaleIntensityRanged(keys=key, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std,
-                                     clip=True)]
+        return [
+            ScaleIntensityRanged(
+                keys=key, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True
+            )
+        ]
     if t == "zscore":
         out: list = []
         pct = spec.get("clip_percentiles")
@@ -200,26 +214,43 @@ def build_preprocessing(
             make_load_imaged(keys, allow_missing_keys=amk),
             EnsureChannelFirstd(keys=keys, allow_missing_keys=amk),
         ]
-    xforms.append(CheckImaged(keys, channels=spec.get("channels") if channels is None else channels,
-                              allow_nonfinite=allow_nonfinite, allow_missing_keys=amk))
+    xforms.append(
+        CheckImaged(
+            keys,
+            channels=spec.get("channels") if channels is None else channels,
+            allow_nonfinite=allow_nonfinite,
+            allow_missing_keys=amk,
+        )
+    )
     if spec.get("orientation"):
         xforms.append(Orientationd(keys=keys, axcodes=spec["orientation"], labels=None, allow_missing_keys=amk))
     if spec.get("spacing") is not None:
-        xforms.append(Spacingd(keys=keys, pixdim=[float(s) for s in spec["spacing"]], mode=modes,
-                               dtype=np.float32, allow_missing_keys=amk))
+        xforms.append(
+            Spacingd(
+                keys=keys,
+                pixdim=[float(s) for s in spec["spacing"]],
+                mode=modes,
+                dtype=np.float32,
+                allow_missing_keys=amk,
+            )
+        )
     xforms += _intensity_transforms(spec["intensity"], image_key)
     crop = spec.get("crop_foreground")
     if crop:
         crop = crop if isinstance(crop, Mapping) else {}
-        xforms.append(CropForegroundd(keys=keys, source_key=image_key,
-                                      select_fn=AboveThreshold(crop.get("threshold", 0.0)),
-                                      margin=int(crop.get("margin", 0)), allow_missing_keys=amk))
+        xforms.append(
+            CropForegroundd(
+                keys=keys,
+                source_key=image_key,
+                select_fn=AboveThreshold(crop.get("threshold", 0.0)),
+                margin=int(crop.get("margin", 0)),
+                allow_missing_keys=amk,
+            )
+        )
     return CheckedCompose(xforms)  # lets PipelineError through unwrapped
 
 
-def build_inference_transforms(
-    preset: str | Mapping[str, Any], *, image_key: str = "image", **kwargs: Any
-) -> Compose:
+def build_inference_transforms(preset: str | Mapping[str, Any], *, image_key: str = "image", **kwargs: Any) -> Compose:
     """Preprocessing for inference: image key only (same geometry and intensity steps as training)."""
     return build_preprocessing(preset, keys=(image_key,), **kwargs)
 
@@ -277,26 +308,54 @@ def build_train_transforms(
     xforms = list(pre.transforms)
     xforms.append(SpatialPadd(keys=keys, spatial_size=roi))
     if crop == "pos_neg":
-        xforms.append(RandCropByPosNegLabeld(keys=keys, label_key=label_key, spatial_size=roi, pos=pos, neg=neg,
-                                             num_samples=num_samples, image_key=image_key, image_threshold=-np.inf))
+        xforms.append(
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key=label_key,
+                spatial_size=roi,
+                pos=pos,
+                neg=neg,
+                num_samples=num_samples,
+                image_key=image_key,
+                image_threshold=-np.inf,
+            )
+        )
     elif crop == "class_balanced":
         if num_classes is None and ratios is None:
             raise UsageError("crop='class_balanced' needs num_classes (or ratios)")
-        xforms.append(RandCropByLabelClassesd(keys=keys, label_key=label_key, spatial_size=roi,
-                                              num_classes=num_classes, ratios=list(ratios) if ratios else None,
-                                              num_samples=num_samples, image_key=image_key,
-                                              image_threshold=-np.inf, warn=False))
+        xforms.append(
+            RandCropByLabelClassesd(
+                keys=keys,
+                label_key=label_key,
+                spatial_size=roi,
+                num_classes=num_classes,
+                ratios=list(ratios) if ratios else None,
+                num_samples=num_samples,
+                image_key=image_key,
+                image_threshold=-np.inf,
+                warn=False,
+            )
+        )
     else:
         raise UsageError(f"crop must be 'pos_neg' or 'class_balanced', got {crop!r}")
     if affine_prob > 0:
-        xforms.append(RandAffined(keys=keys, prob=affine_prob, rotate_range=(0.26, 0.26, 0.26),
-                                  scale_range=(0.1, 0.1, 0.1), mode=["bilinear" if k == image_key else "nearest"
-                                                                     for k in keys], padding_mode="border"))
+        xforms.append(
+            RandAffined(
+                keys=keys,
+                prob=affine_prob,
+                rotate_range=(0.26, 0.26, 0.26),
+                scale_range=(0.1, 0.1, 0.1),
+                mode=["bilinear" if k == image_key else "nearest" for k in keys],
+                padding_mode="border",
+            )
+        )
     if flip_prob > 0:
         xforms += [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in (0, 1, 2)]
     if rot90_prob > 0 and roi[0] == roi[1]:
         xforms.append(RandRotate90d(keys=keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)))
     if intensity_prob > 0:
-        xforms += [RandScaleIntensityd(keys=image_key, factors=scale_factor, prob=intensity_prob),
-                   RandShiftIntensityd(keys=image_key, offsets=shift_offset, prob=intensity_prob)]
+        xforms += [
+            RandScaleIntensityd(keys=image_key, factors=scale_factor, prob=intensity_prob),
+            RandShiftIntensityd(keys=image_key, offsets=shift_offset, prob=intensity_prob),
+        ]
     return CheckedCompose(xforms)  # lets PipelineError through unwrapped

@@ -53,8 +53,15 @@ class CheckImaged(MapTransform):
         InputDataError: naming the source file and the problem.
     """
 
-    def __init__(self, keys: KeysCollection, *, spatial_dims: int = 3, channels: int | None = None,
-                 allow_nonfinite: bool = False, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        *,
+        spatial_dims: int = 3,
+        channels: int | None = None,
+        allow_nonfinite: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if spatial_dims < 1:
             raise ValueError(f"spatial_dims must be >= 1, got {spatial_dims}")
@@ -70,13 +77,17 @@ class CheckImaged(MapTransform):
         shape = tuple(int(s) for s in getattr(value, "shape", ()))
         spatial = shape[1:]
         if len(spatial) != self.spatial_dims:
-            raise InputDataError(f"{key} is {len(spatial)}D (shape {list(spatial)} after the channel axis), "
-                                 f"expected a {self.spatial_dims}D volume", path=path)
+            raise InputDataError(
+                f"{key} is {len(spatial)}D (shape {list(spatial)} after the channel axis), "
+                f"expected a {self.spatial_dims}D volume",
+                path=path,
+            )
         if min(spatial) < 1:
             raise InputDataError(f"{key} has an empty axis (shape {list(spatial)})", path=path)
         if is_image and self.channels is not None and shape[0] != self.channels:
-            raise InputDataError(f"{key} has {shape[0]} channel(s) (shape {list(shape)}), the model expects "
-                                 f"{self.channels}", path=path)
+            raise InputDataError(
+                f"{key} has {shape[0]} channel(s) (shape {list(shape)}), the model expects {self.channels}", path=path
+            )
         if not is_image and shape[0] != 1:
             raise InputDataError(f"{key} has {shape[0]} channels, expected one label map", path=path)
         if self.allow_nonfinite:
@@ -87,8 +98,11 @@ class CheckImaged(MapTransform):
             if not bool(finite.all()):
                 n_nan = int(torch.isnan(t).sum())
                 n_inf = int(t.numel() - int(finite.sum()) - n_nan)
-                raise InputDataError(f"{key} has {n_nan} NaN and {n_inf} Inf voxel(s); replace them (e.g. with the "
-                                     "background value) before running", path=path)
+                raise InputDataError(
+                    f"{key} has {n_nan} NaN and {n_inf} Inf voxel(s); replace them (e.g. with the "
+                    "background value) before running",
+                    path=path,
+                )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -105,8 +119,9 @@ class CheckedCompose(Compose):
     re-raised as is, with its own cause chain, so ``--debug`` still shows where it came from.
     """
 
-    def __call__(self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False,
-                 lazy: bool | None = None) -> Any:
+    def __call__(
+        self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False, lazy: bool | None = None
+    ) -> Any:
         try:
             return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
         except PipelineError:

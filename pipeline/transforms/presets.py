@@ -40,8 +40,8 @@ PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
         "crop_foreground": {"threshold": 0.0, "margin": 0},
     },
     "ct_nnunet": {
-        "description": "nnU-Net CT normalisation (UNETR++ official weights): native orientation, median spacing, clip to "
-        "the foreground 0.5/99.5 percentiles then z-score with the foreground mean/std",
+        "description": "nnU-Net CT normalisation (UNETR++ official weights): native orientation, median spacing, "
+        "clip to the foreground 0.5/99.5 percentiles then z-score with the foreground mean/std",
         "source": "nnU-Net v1 ExperimentPlanner3D_v21 / CTNormalization, as used by UNETR++ and nnFormer",
         "modality": "CT",
         "channels": 1,

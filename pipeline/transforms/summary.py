@@ -5,6 +5,10 @@ Examples:
     >>> from pipeline.transforms.summary import summarise_preprocessing, format_preprocessing_summary
     >>> items = read_dataset("../shared/data/Task04_Hippocampus").splits["training"][:3]  # doctest: +SKIP
     >>> print(format_preprocessing_summary(summarise_preprocessing(items, "mri_hippocampus")))  # doctest: +SKIP
+    | case | original shape @ spacing | preprocessed shape @ spacing | intensity min..max (mean +- std) | label voxels |
+    |---|---|---|---|---|
+    | hippocampus_001 | 35x51x35 @ 1x1x1 | 35x51x35 @ 1x1x1 | -2.27..1.82 (4.1e-08 +- 1) | 1:1324 2:1624 |
+    ...
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def summarise_preprocessing(
 
     with_label = build_preprocessing(preset, keys=("image", "label"), fingerprint=fingerprint)
     image_only = build_preprocessing(preset, keys=("image",), fingerprint=fingerprint)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for it in items:
         case = str(it.get("case", it["image"]))
         try:
@@ -47,8 +51,9 @@ def summarise_preprocessing(
             while inner.__cause__ is not None:  # MONAI wraps the reader's error in "applying transform ..."
                 inner = inner.__cause__
             reason = " ".join(str(inner).split())[:200] or type(inner).__name__
-            rows.append({"case": case, "error": str(InputDataError(f"preprocessing failed ({reason})",
-                                                                   path=it["image"]))})
+            rows.append(
+                {"case": case, "error": str(InputDataError(f"preprocessing failed ({reason})", path=it["image"]))}
+            )
             continue
         img = out["image"]
         arr = img.numpy()
@@ -59,7 +64,10 @@ def summarise_preprocessing(
             "original_spacing": [round(float(s), 4) for s in spacing_from_affine(orig_aff)],
             "shape": [int(s) for s in arr.shape[1:]],
             "spacing": [round(float(s), 4) for s in spacing_from_affine(np.asarray(img.affine))],
-            "min": float(arr.min()), "max": float(arr.max()), "mean": float(arr.mean()), "std": float(arr.std()),
+            "min": float(arr.min()),
+            "max": float(arr.max()),
+            "mean": float(arr.mean()),
+            "std": float(arr.std()),
         }
         if "label" in out:
             values, counts = np.unique(out["label"].numpy().astype(np.int64), return_counts=True)
@@ -70,16 +78,23 @@ def summarise_preprocessing(
 
 def format_preprocessing_summary(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`summarise_preprocessing` rows."""
-    lines = ["| case | original shape @ spacing | preprocessed shape @ spacing | intensity min..max (mean +- std) "
-             "| label voxels |", "|---|---|---|---|---|"]
+    lines = [
+        "| case | original shape @ spacing | preprocessed shape @ spacing | intensity min..max (mean +- std) "
+        "| label voxels |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['case']} | FAILED: {r['error']} | | | |")
             continue
+
         def geo(shape: list, sp: list) -> str:
             return "x".join(map(str, shape)) + " @ " + "x".join(f"{s:g}" for s in sp)
+
         counts = " ".join(f"{k}:{v}" for k, v in sorted(r.get("label_counts", {}).items()) if k) or "-"
-        lines.append(f"| {r['case']} | {geo(r['original_shape'], r['original_spacing'])} | "
-                     f"{geo(r['shape'], r['spacing'])} | {r['min']:.3g}..{r['max']:.3g} ({r['mean']:.3g} +- "
-                     f"{r['std']:.3g}) | {counts} |")
+        lines.append(
+            f"| {r['case']} | {geo(r['original_shape'], r['original_spacing'])} | "
+            f"{geo(r['shape'], r['spacing'])} | {r['min']:.3g}..{r['max']:.3g} ({r['mean']:.3g} +- "
+            f"{r['std']:.3g}) | {counts} |"
+        )
     return "\n".join(lines)

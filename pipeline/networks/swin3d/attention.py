@@ -64,6 +64,12 @@ class WindowAttention3D(nn.Module):
     ``(B, S0, S1, S2, heads * head_dim)`` before the output projection.
     """
 
+    # buffers (register_buffer in __init__)
+    relative_position_index: torch.Tensor
+    shift_mask: torch.Tensor
+    window_order: torch.Tensor
+    grid_order: torch.Tensor
+
     def __init__(
         self,
         num_heads: int,
@@ -107,7 +113,7 @@ class WindowAttention3D(nn.Module):
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, window={self.window_size}, shift={self.shift_size}, impl={self.attn_impl}"
 
-    def train(self, mode: bool = True) -> "WindowAttention3D":
+    def train(self, mode: bool = True) -> WindowAttention3D:
         self._cache.clear()
         return super().train(mode)
 

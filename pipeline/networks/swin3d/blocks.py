@@ -121,8 +121,19 @@ class SwinStage3D(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
             SwinBlock3D(
-                dim, num_heads, grid, window_size, bool(i % 2), block, lgt_windows, lgt_share_qkv, lgt_mode,
-                mlp_ratio, qkv_bias, rates[i], attn_impl,
+                dim,
+                num_heads,
+                grid,
+                window_size,
+                bool(i % 2),
+                block,
+                lgt_windows,
+                lgt_share_qkv,
+                lgt_mode,
+                mlp_ratio,
+                qkv_bias,
+                rates[i],
+                attn_impl,
             )
             for i in range(depth)
         )

@@ -128,7 +128,7 @@ class SpatialAttentionFusion3D(nn.Module):
         if fusion not in SAF_FUSIONS:
             raise ValueError(f"saf_fusion must be one of {SAF_FUSIONS}, got {fusion!r}")
         k = as_triple(kernel_size, "saf_kernel_size")
-        self.conv = nn.Conv3d(4, 2, kernel_size=k, padding=tuple(ki // 2 for ki in k))
+        self.conv = nn.Conv3d(4, 2, kernel_size=k, padding=(k[0] // 2, k[1] // 2, k[2] // 2))
         self.fusion = fusion
         self.proj = nn.Linear(2 * dim, dim) if fusion == "concat_linear" else None
 

@@ -27,7 +27,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.nn as nn
@@ -73,7 +73,7 @@ def preset_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
     return {**_BASE, **PRESETS[name][0], **overrides}
 
 
-def _make(name: str):
+def _make(name: str) -> Callable[..., nn.Module]:
     def factory(roi_size: Sequence[int] = BTCV_ROI, **overrides: Any) -> nn.Module:
         return SwinUnet3D(**preset_kwargs(name, roi_size=tuple(roi_size), **overrides))
 
@@ -89,6 +89,4 @@ swinunet3d_pamcam = _make("swinunet3d_pamcam")
 swinunet3d_transfuse = _make("swinunet3d_transfuse")
 
 for _name, (_options, _description) in PRESETS.items():
-    register_preset(
-        _name, SwinUnet3D, {**_BASE, **_options}, description=_description, roi_size=BTCV_ROI, axes="xyz"
-    )
+    register_preset(_name, SwinUnet3D, {**_BASE, **_options}, description=_description, roi_size=BTCV_ROI, axes="xyz")

@@ -46,7 +46,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -54,9 +54,9 @@ import torch.nn as nn
 from pipeline.networks.swin3d.blocks import BLOCK_TYPES, SwinStage3D
 from pipeline.networks.swin3d.cnn_branch import CNNBranch3D
 from pipeline.networks.swin3d.fusion import (
+    GATE_MODES,
     AttentionGate3D,
     BiFusion3D,
-    GATE_MODES,
     ConcatLinearFusion,
     SpatialAttentionFusion3D,
 )
@@ -199,7 +199,7 @@ class SwinUnet3D(nn.Module):
                     f"(patch {self.patch_size} x 2^{num_stages - 1}) on axis {axis}"
                 )
         base = tuple(r // p for r, p in zip(self.roi_size, self.patch_size))
-        self.grids: list[Int3] = [tuple(g // 2**i for g in base) for i in range(num_stages)]  # type: ignore[misc]
+        self.grids: list[Int3] = [tuple(g // 2**i for g in base) for i in range(num_stages)]
         self.dims = [embed_dim * 2**i for i in range(num_stages)]
         for i, (dim, heads) in enumerate(zip(self.dims, num_heads)):
             if heads < 1 or dim % heads:
@@ -267,12 +267,12 @@ class SwinUnet3D(nn.Module):
                 if i >= num_stages - 2:
                     win = grid
                 else:
-                    win = tuple(_largest_divisor_at_most(g, 4) if g > 4 else g for g in grid)
+                    win = cast(Int3, tuple(_largest_divisor_at_most(g, 4) if g > 4 else g for g in grid))
             else:
                 win, _ = clamp_window(grid, as_triple(w, f"window_size[{i}]"), (0, 0, 0))
             if not _tiles(grid, win):
                 raise ValueError(f"stage {i}: window {as_triple(w, 'window')} does not tile the token grid {grid}")
-            out.append(win)  # type: ignore[arg-type]
+            out.append(win)
         return out
 
     def _resolve_lgt(self, lgt_windows: Any, num_stages: int) -> list[tuple[Int3, Int3]]:

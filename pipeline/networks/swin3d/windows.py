@@ -34,7 +34,7 @@ def as_triple(value: int | Sequence[int], name: str = "value") -> Int3:
     vals = tuple(int(v) for v in value)
     if len(vals) != 3:
         raise ValueError(f"{name} must be an int or 3 ints, got {value!r}")
-    return vals  # type: ignore[return-value]
+    return vals
 
 
 def clamp_window(grid: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> tuple[Int3, Int3]:

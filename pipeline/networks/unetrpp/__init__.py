@@ -14,7 +14,7 @@ __all__ = [
     "UnetrPPUpBlock",
     "interpolate_pos_embed",
 ]
-from pipeline.networks.unetrpp.checkpoint import (  # noqa: E402
+from pipeline.networks.unetrpp.checkpoint import (
     fit_state_dict,
     import_official_checkpoint,
     load_official_checkpoint,

@@ -7,6 +7,7 @@ load with ``strict=True``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -36,10 +37,15 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_
 _CL = torch.channels_last_3d
 
 
-def _conv_weight_bias(conv: nn.Module, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+def _conv_weight_bias(conv: nn.Conv3d, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
     """The conv's weight/bias, with an eval-mode BatchNorm folded in. Returns (weight, bias, norm_folded)."""
     w, b = conv.weight, conv.bias
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training and norm.running_mean is not None:
+    if (
+        isinstance(norm, nn.modules.batchnorm._BatchNorm)
+        and not norm.training
+        and norm.running_mean is not None
+        and norm.running_var is not None  # both are None together (track_running_stats=False)
+    ):
         scale = torch.rsqrt(norm.running_var + norm.eps)
         if norm.weight is not None:
             scale = scale * norm.weight
@@ -52,15 +58,16 @@ def _conv_weight_bias(conv: nn.Module, norm: nn.Module | None) -> tuple[torch.Te
     return w, b, False
 
 
-def _conv_norm(conv: nn.Module, norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+def _conv_norm(conv: nn.Conv3d, norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
     """conv then norm with channels-last conv kernels; an eval-mode BatchNorm is folded into the conv."""
     w, b, folded = _conv_weight_bias(conv, norm)
     w = w.contiguous(memory_format=_CL)
-    if _use_onednn(x, w):
+    if not isinstance(conv.padding, str) and _use_onednn(x, w):  # padding='same' has no oneDNN form
         # PyTorch's heuristic sends batch-1 3D convs on small grids (C*D*H <= 20480) to its slow im2col kernel;
         # oneDNN is 1.5-2x faster there and keeps the channels-last layout
-        y = torch.mkldnn_convolution(x.contiguous(memory_format=_CL), w, b, conv.padding, conv.stride, conv.dilation,
-                                     conv.groups)
+        y = torch.mkldnn_convolution(
+            x.contiguous(memory_format=_CL), w, b, conv.padding, conv.stride, conv.dilation, conv.groups
+        )
     else:
         y = F.conv3d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
     return y if folded or norm is None else norm(y)
@@ -72,7 +79,7 @@ def _use_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and x.ndim == 5
         and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
+        and bool(torch.backends.mkldnn.enabled)
         and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
@@ -93,15 +100,18 @@ class ResConvBlock(UnetResBlock):
         True
     """
 
-    def __init__(self, *args, fast: bool = True, **kwargs) -> None:
+    def __init__(self, *args: Any, fast: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fast = fast
         self.negative_slope = float(getattr(self.lrelu, "negative_slope", 0.01))
         # instance-norm blocks (the full-resolution encoder1/decoder2) keep MONAI's contiguous path: PyTorch's
         # channels-last instance/group norm kernels accumulate 1M-voxel statistics with ~1e-3 error (breaks
         # parity), and converting layouts around the norm costs more than the channels-last conv saves
-        self._fastable = (isinstance(self.lrelu, nn.LeakyReLU) and self.conv1.conv.groups == 1
-                          and isinstance(self.norm1, nn.modules.batchnorm._BatchNorm))
+        self._fastable = (
+            isinstance(self.lrelu, nn.LeakyReLU)
+            and self.conv1.conv.groups == 1
+            and isinstance(self.norm1, nn.modules.batchnorm._BatchNorm)
+        )
 
     def set_fast(self, fast: bool) -> ResConvBlock:
         self.fast = fast
@@ -233,9 +243,10 @@ class TransformerBlock(nn.Module):
         if hasattr(self, "conv52"):
             r = self.conv52(r)
         r = self.conv8[0](r).contiguous(memory_format=torch.channels_last_3d)
-        conv = self.conv8[1]
+        conv = cast(nn.Conv3d, self.conv8[1])
         out = torch.addmm(attn.reshape(-1, c), r.permute(0, 2, 3, 4, 1).reshape(-1, c), conv.weight.view(c, c).t())
-        out = out.add_(conv.bias)  # skip + W r + b, all on (B*N, C) rows of the channels-last tensors
+        # skip + W r + b (conv8[1] has a bias), all on (B*N, C) rows of the channels-last tensors
+        out = out.add_(cast(torch.Tensor, conv.bias))
         return out.view(b, *spatial, c).permute(0, 4, 1, 2, 3)
 
     def set_fast(self, fast: bool) -> TransformerBlock:
@@ -300,8 +311,9 @@ class UnetrPPUpBlock(nn.Module):
         self.decoder_block = nn.ModuleList()
         if conv_decoder:
             self.decoder_block.append(
-                ResConvBlock(spatial_dims, out_channels, out_channels, kernel_size=kernel_size, stride=1,
-                             norm_name=norm_name)
+                ResConvBlock(
+                    spatial_dims, out_channels, out_channels, kernel_size=kernel_size, stride=1, norm_name=norm_name
+                )
             )
         else:
             self.decoder_block.append(

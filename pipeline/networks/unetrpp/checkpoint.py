@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from numpy._core import multiarray as _np_multiarray
 
 from pipeline.errors import InputDataError, ModelError, PipelineError
 from pipeline.networks.state_dict import describe_mismatch
@@ -52,12 +53,24 @@ __all__ = [
 #: pickle globals (module, name) that rebuild plain numpy data; nothing executes code
 _NUMPY_GLOBALS: dict[tuple[str, str], Any] = {}
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _NUMPY_GLOBALS[(_mod, "scalar")] = np._core.multiarray.scalar
-    _NUMPY_GLOBALS[(_mod, "_reconstruct")] = np._core.multiarray._reconstruct
+    _NUMPY_GLOBALS[(_mod, "scalar")] = _np_multiarray.scalar
+    _NUMPY_GLOBALS[(_mod, "_reconstruct")] = _np_multiarray._reconstruct
 _NUMPY_GLOBALS[("numpy", "ndarray")] = np.ndarray
 _NUMPY_GLOBALS[("numpy", "dtype")] = np.dtype
-for _t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-           np.uint64, np.bool_):
+for _t in (
+    np.float16,
+    np.float32,
+    np.float64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+):
     _dt = type(np.dtype(_t))
     _NUMPY_GLOBALS[("numpy.dtypes", _dt.__name__)] = _dt
 _PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
@@ -93,10 +106,11 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError("no state dict found (expected a dict with 'state_dict' of tensors, or a plain state dict)",
-                         path=path)
+        raise ModelError(
+            "no state dict found (expected a dict with 'state_dict' of tensors, or a plain state dict)", path=path
+        )
     prefix = "module."
-    return collections.OrderedDict((k[len(prefix):] if k.startswith(prefix) else k, v) for k, v in obj.items())
+    return collections.OrderedDict((k[len(prefix) :] if k.startswith(prefix) else k, v) for k, v in obj.items())
 
 
 def load_official_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict[str, torch.Tensor]:
@@ -134,11 +148,13 @@ def load_official_checkpoint(path: str | os.PathLike, *, trust: bool = False) ->
         detail = f"it needs {', '.join(dict.fromkeys(found))}" if found else " ".join(str(exc).split())[:160]
         raise ModelError(
             f"refusing to unpickle objects outside the allow-list ({detail}); "
-            "pass trust=True (CLI: --trust) only if you trust the file", path=path
+            "pass trust=True (CLI: --trust) only if you trust the file",
+            path=path,
         ) from exc
     except Exception as exc:  # corrupt / truncated / not a torch file
-        raise ModelError(f"unreadable checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
-                         path=path) from exc
+        raise ModelError(
+            f"unreadable checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", path=path
+        ) from exc
     return _extract_state_dict(obj, path)
 
 
@@ -183,8 +199,9 @@ def read_nnunet_plans(path: str | os.PathLike, *, trust: bool = False) -> dict[s
         else:
             plans = _RestrictedUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as exc:
-        raise InputDataError(f"refusing to unpickle plans ({exc}); pass trust=True (CLI: --trust) only if you trust "
-                             "the file", path=path) from exc
+        raise InputDataError(
+            f"refusing to unpickle plans ({exc}); pass trust=True (CLI: --trust) only if you trust the file", path=path
+        ) from exc
     except Exception as exc:
         raise InputDataError(f"unreadable plans file ({type(exc).__name__}: {exc})", path=path) from exc
     if isinstance(plans, Mapping) and "plans" in plans and isinstance(plans["plans"], Mapping):
@@ -198,8 +215,9 @@ def _floats(values: Any) -> list[float]:
     return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
 
 
-def plans_to_preprocessing(plans: Mapping[str, Any], *, stage: int | None = None,
-                           source: object = "plans") -> dict[str, Any]:
+def plans_to_preprocessing(
+    plans: Mapping[str, Any], *, stage: int | None = None, source: object = "plans"
+) -> dict[str, Any]:
     """Convert nnU-Net v1 plans into our preprocessing settings (a ``pipeline.transforms`` preset dict plus extras).
 
     * target spacing: the stage's ``current_spacing`` is in nnU-Net's transposed (z, y, x) order; it is mapped back
@@ -234,11 +252,21 @@ def plans_to_preprocessing(plans: Mapping[str, Any], *, stage: int | None = None
         if ch0 is None:
             raise InputDataError("CT plans without dataset_properties.intensityproperties[0]", path=source)
         stats = {k: float(ch0[k]) for k in ("mean", "sd", "percentile_00_5", "percentile_99_5")}
-        intensity = {"type": "nnunet_ct", "lower": stats["percentile_00_5"], "upper": stats["percentile_99_5"],
-                     "mean": stats["mean"], "std": stats["sd"]}
-        fingerprint["foreground_intensity"] = {"0": {"mean": stats["mean"], "std": stats["sd"],
-                                                     "percentile_00_5": stats["percentile_00_5"],
-                                                     "percentile_99_5": stats["percentile_99_5"]}}
+        intensity = {
+            "type": "nnunet_ct",
+            "lower": stats["percentile_00_5"],
+            "upper": stats["percentile_99_5"],
+            "mean": stats["mean"],
+            "std": stats["sd"],
+        }
+        fingerprint["foreground_intensity"] = {
+            "0": {
+                "mean": stats["mean"],
+                "std": stats["sd"],
+                "percentile_00_5": stats["percentile_00_5"],
+                "percentile_99_5": stats["percentile_99_5"],
+            }
+        }
     else:
         intensity = {"type": "zscore", "nonzero": use_mask.get(0, False), "clip_percentiles": None}
     preprocessing = {
@@ -305,12 +333,16 @@ def import_official_checkpoint(
     spec = get_preset(preset)
     net = create_network(preset)
     if spec.roi_size is not None and tuple(info["patch_size_zyx"]) != tuple(spec.roi_size):
-        raise ModelError(f"plans patch {info['patch_size_zyx']} (z,y,x) differs from preset {preset}'s "
-                         f"{list(spec.roi_size)}", path=plans)
+        raise ModelError(
+            f"plans patch {info['patch_size_zyx']} (z,y,x) differs from preset {preset}'s {list(spec.roi_size)}",
+            path=plans,
+        )
     fit_state_dict(net, load_official_checkpoint(checkpoint, trust=trust), source=checkpoint)
     if info["num_classes"] is not None and info["num_classes"] != net.out_channels:
-        raise ModelError(f"plans have {info['num_classes']} classes (with background) but {preset} has "
-                         f"{net.out_channels} outputs", path=plans)
+        raise ModelError(
+            f"plans have {info['num_classes']} classes (with background) but {preset} has {net.out_channels} outputs",
+            path=plans,
+        )
     save_torch_atomic(net.state_dict(), weights_path)
     record = {
         "preset": preset,
@@ -325,8 +357,10 @@ def import_official_checkpoint(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m pipeline.networks.unetrpp.checkpoint CHECKPOINT PLANS --preset NAME --out DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.networks.unetrpp.checkpoint",
-                                     description="Import an official UNETR++ checkpoint + nnU-Net v1 plans.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.networks.unetrpp.checkpoint",
+        description="Import an official UNETR++ checkpoint + nnU-Net v1 plans.",
+    )
     parser.add_argument("checkpoint")
     parser.add_argument("plans")
     parser.add_argument("--preset", default="unetrpp_synapse")
@@ -336,8 +370,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
-        written = import_official_checkpoint(args.checkpoint, args.plans, args.out, preset=args.preset,
-                                             stage=args.stage, trust=args.trust, overwrite=args.overwrite)
+        written = import_official_checkpoint(
+            args.checkpoint,
+            args.plans,
+            args.out,
+            preset=args.preset,
+            stage=args.stage,
+            trust=args.trust,
+            overwrite=args.overwrite,
+        )
     except (PipelineError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)

@@ -226,8 +226,11 @@ class EPABlock(nn.Module):
         key = k_p.view(b, p, h, d).transpose(1, 2) * (self.temperature2 / q_norm.unsqueeze(-2))
         val = v_p.view(b, p, h, d).transpose(1, 2)
         y = F.scaled_dot_product_attention(
-            q.unflatten(-1, (h, d)).transpose(1, 2), key, val,
-            dropout_p=self.attn_drop_2.p if self.training else 0.0, scale=1.0,
+            q.unflatten(-1, (h, d)).transpose(1, 2),
+            key,
+            val,
+            dropout_p=self.attn_drop_2.p if self.training else 0.0,
+            scale=1.0,
         )  # (B, h, N, d)
         if self.permute_quirk:
             x_sa = y.permute(0, 3, 1, 2).reshape(b, n, c)

@@ -9,6 +9,7 @@ with ``strict=True``; the per-dataset files of the release become constructor op
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -72,21 +73,29 @@ class UNETRPPEncoder(nn.Module):
         stem_norm_groups: int | None = None,
         dropout: float = 0.0,
         transformer_dropout_rate: float = 0.15,
-        **block_kwargs,
+        **block_kwargs: Any,
     ) -> None:
         super().__init__()
         self.downsample_layers = nn.ModuleList()
         stem = nn.Sequential(
-            get_conv_layer(spatial_dims, in_channels, dims[0], kernel_size=stem_stride, stride=stem_stride,
-                           dropout=dropout, conv_only=True),
+            get_conv_layer(
+                spatial_dims,
+                in_channels,
+                dims[0],
+                kernel_size=stem_stride,
+                stride=stem_stride,
+                dropout=dropout,
+                conv_only=True,
+            ),
             get_norm_layer(name=("group", {"num_groups": stem_norm_groups or in_channels}), channels=dims[0]),
         )
         self.downsample_layers.append(stem)
         for i in range(3):
             self.downsample_layers.append(
                 nn.Sequential(
-                    get_conv_layer(spatial_dims, dims[i], dims[i + 1], kernel_size=2, stride=2, dropout=dropout,
-                                   conv_only=True),
+                    get_conv_layer(
+                        spatial_dims, dims[i], dims[i + 1], kernel_size=2, stride=2, dropout=dropout, conv_only=True
+                    ),
                     get_norm_layer(name=("group", {"num_groups": dims[i]}), channels=dims[i + 1]),
                 )
             )
@@ -167,6 +176,11 @@ class UNETRPP(nn.Module):
         torch.Size([1, 3, 32, 48, 32])
     """
 
+    # set with setattr in __init__ (one loop for the three EPA decoder stages)
+    decoder5: UnetrPPUpBlock
+    decoder4: UnetrPPUpBlock
+    decoder3: UnetrPPUpBlock
+
     def __init__(
         self,
         in_channels: int,
@@ -209,16 +223,16 @@ class UNETRPP(nn.Module):
         self.strides = tuple(s * 8 for s in self.stem_stride)
         for size, total in zip(self.img_size, self.strides):
             if size % total:
-                raise ValueError(
-                    f"img_size {self.img_size} must be divisible by stem_stride * 8 = {self.strides}"
-                )
+                raise ValueError(f"img_size {self.img_size} must be divisible by stem_stride * 8 = {self.strides}")
         self.grids = [tuple(s // st // 2**i for s, st in zip(self.img_size, self.stem_stride)) for i in range(4)]
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.resolution_agnostic = ef_mode == "pool"
         self.deep_supervision = deep_supervision
         self.input_order = input_order
-        block_kwargs = dict(ef_mode=ef_mode, fusion=fusion, permute_quirk=permute_quirk, n_conv_blocks=n_conv_blocks)
+        block_kwargs: dict[str, Any] = dict(
+            ef_mode=ef_mode, fusion=fusion, permute_quirk=permute_quirk, n_conv_blocks=n_conv_blocks
+        )
 
         self.unetr_pp_encoder = UNETRPPEncoder(
             grids=self.grids,
@@ -233,18 +247,40 @@ class UNETRPP(nn.Module):
             transformer_dropout_rate=attn_dropout,
             **block_kwargs,
         )
-        self.encoder1 = ResConvBlock(spatial_dims, in_channels, feature_size, kernel_size=3, stride=1,
-                                     norm_name=norm_name)
-        up = dict(spatial_dims=spatial_dims, kernel_size=3, norm_name=norm_name, proj_size=decoder_proj_size,
-                  depth=decoder_depth, dropout_rate=attn_dropout, **block_kwargs)
+        self.encoder1 = ResConvBlock(
+            spatial_dims, in_channels, feature_size, kernel_size=3, stride=1, norm_name=norm_name
+        )
+        up: dict[str, Any] = dict(
+            spatial_dims=spatial_dims,
+            kernel_size=3,
+            norm_name=norm_name,
+            proj_size=decoder_proj_size,
+            depth=decoder_depth,
+            dropout_rate=attn_dropout,
+            **block_kwargs,
+        )
         for name, level in (("decoder5", 2), ("decoder4", 1), ("decoder3", 0)):
-            setattr(self, name, UnetrPPUpBlock(
-                in_channels=dims[level + 1], out_channels=dims[level], upsample_kernel_size=2,
-                num_heads=heads[level], out_size=int(np.prod(self.grids[level])), grid=self.grids[level], **up,
-            ))
+            setattr(
+                self,
+                name,
+                UnetrPPUpBlock(
+                    in_channels=dims[level + 1],
+                    out_channels=dims[level],
+                    upsample_kernel_size=2,
+                    num_heads=heads[level],
+                    out_size=int(np.prod(self.grids[level])),
+                    grid=self.grids[level],
+                    **up,
+                ),
+            )
         self.decoder2 = UnetrPPUpBlock(
-            spatial_dims=spatial_dims, in_channels=dims[0], out_channels=feature_size, kernel_size=3,
-            upsample_kernel_size=self.stem_stride, norm_name=norm_name, conv_decoder=True,
+            spatial_dims=spatial_dims,
+            in_channels=dims[0],
+            out_channels=feature_size,
+            kernel_size=3,
+            upsample_kernel_size=self.stem_stride,
+            norm_name=norm_name,
+            conv_decoder=True,
         )
         self.out1 = UnetOutBlock(spatial_dims, feature_size, out_channels)
         if deep_supervision:
@@ -255,7 +291,7 @@ class UNETRPP(nn.Module):
         """Switch every block between the fast path (default) and the official op sequence; returns ``self``."""
         for m in self.modules():
             if m is not self and hasattr(m, "set_fast"):
-                m.set_fast(fast)
+                cast(Any, m).set_fast(fast)
         return self
 
     # ---------------------------------------------------------------------------------------------------------- shapes

@@ -22,36 +22,83 @@ from pipeline.networks.unetrpp.network import UNETRPP
 
 __all__ = ["UNETRPP_PRESETS"]
 
-_COMMON = dict(feature_size=16, dims=(32, 64, 128, 256), depths=(3, 3, 3, 3), num_heads=4,
-               proj_size=(64, 64, 64, 32), decoder_proj_size=64, decoder_depth=3, deep_supervision=True,
-               permute_quirk=True, input_order="zyx")
+_COMMON = dict(
+    feature_size=16,
+    dims=(32, 64, 128, 256),
+    depths=(3, 3, 3, 3),
+    num_heads=4,
+    proj_size=(64, 64, 64, 32),
+    decoder_proj_size=64,
+    decoder_depth=3,
+    deep_supervision=True,
+    permute_quirk=True,
+    input_order="zyx",
+)
 
 #: name -> (constructor kwargs, description); patches are (z, y, x) as nnU-Net
 UNETRPP_PRESETS: dict[str, tuple[dict, str]] = {
     "unetrpp_synapse": (
-        dict(_COMMON, in_channels=1, out_channels=14, img_size=(64, 128, 128), stem_stride=(2, 4, 4),
-             attn_dropout=0.15, ef_mode="shared", fusion="concat", n_conv_blocks=1),
+        dict(
+            _COMMON,
+            in_channels=1,
+            out_channels=14,
+            img_size=(64, 128, 128),
+            stem_stride=(2, 4, 4),
+            attn_dropout=0.15,
+            ef_mode="shared",
+            fusion="concat",
+            n_conv_blocks=1,
+        ),
         "UNETR++ Synapse (Task002), 13 organs + bg, official layout (z,y,x) 64x128x128",
     ),
     "unetrpp_acdc": (
-        dict(_COMMON, in_channels=1, out_channels=4, img_size=(16, 160, 160), stem_stride=(1, 4, 4),
-             attn_dropout=0.1, ef_mode="separate", fusion="concat", n_conv_blocks=2),
+        dict(
+            _COMMON,
+            in_channels=1,
+            out_channels=4,
+            img_size=(16, 160, 160),
+            stem_stride=(1, 4, 4),
+            attn_dropout=0.1,
+            ef_mode="separate",
+            fusion="concat",
+            n_conv_blocks=2,
+        ),
         "UNETR++ ACDC (Task001), RV/Myo/LV + bg, official layout (z,y,x) 16x160x160",
     ),
     "unetrpp_lung": (
-        dict(_COMMON, in_channels=1, out_channels=2, img_size=(32, 192, 192), stem_stride=(1, 4, 4),
-             attn_dropout=0.1, ef_mode="separate", fusion="concat", n_conv_blocks=2),
+        dict(
+            _COMMON,
+            in_channels=1,
+            out_channels=2,
+            img_size=(32, 192, 192),
+            stem_stride=(1, 4, 4),
+            attn_dropout=0.1,
+            ef_mode="separate",
+            fusion="concat",
+            n_conv_blocks=2,
+        ),
         "UNETR++ MSD Lung (Task06), tumour + bg, official layout (z,y,x) 32x192x192",
     ),
     "unetrpp_tumor": (
-        dict(_COMMON, in_channels=4, out_channels=4, img_size=(128, 128, 128), stem_stride=(4, 4, 4),
-             attn_dropout=0.1, ef_mode="param", fusion="sum", n_conv_blocks=1),
+        dict(
+            _COMMON,
+            in_channels=4,
+            out_channels=4,
+            img_size=(128, 128, 128),
+            stem_stride=(4, 4, 4),
+            attn_dropout=0.1,
+            ef_mode="param",
+            fusion="sum",
+            n_conv_blocks=1,
+        ),
         "UNETR++ BraTS (Task003), 4 MRI channels, official layout (z,y,x) 128^3",
     ),
 }
 # BTCV uses the Synapse network unchanged (official issue #23)
-UNETRPP_PRESETS["unetrpp_btcv"] = (dict(UNETRPP_PRESETS["unetrpp_synapse"][0]),
-                                   "UNETR++ BTCV (= Synapse network), official layout (z,y,x) 64x128x128")
+UNETRPP_PRESETS["unetrpp_btcv"] = (
+    dict(UNETRPP_PRESETS["unetrpp_synapse"][0]),
+    "UNETR++ BTCV (= Synapse network), official layout (z,y,x) 64x128x128",
+)
 
 for _name, (_kwargs, _desc) in UNETRPP_PRESETS.items():
     register_preset(_name, UNETRPP, _kwargs, description=_desc, roi_size=tuple(_kwargs["img_size"]), axes="zyx")
