@@ -3,7 +3,7 @@ listing, dataset checks and fingerprints, and the TransUNet label-map derivation
 
 Modules: :mod:`~pipeline.data.io` (``load_volume``, ``SimpleITKReader``), :mod:`~pipeline.data.inputs`
 (``list_inference_inputs``), :mod:`~pipeline.data.readers` (``read_dataset``, ``DatasetInfo``),
-:mod:`~pipeline.data.check`, :mod:`~pipeline.data.fingerprint`, :mod:`~pipeline.data.label_map`,
+:mod:`~pipeline.data.check`, :mod:`~pipeline.data.fingerprint`, :mod:`~pipeline.data.transunet` (``derive_label_map``),
 :mod:`~pipeline.data.cli` (``medseg datasets ...``).
 """
 
