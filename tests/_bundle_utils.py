@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,3 +108,25 @@ def small_meta(name: str, out: Path, roi: tuple[int, ...]) -> Path:
             spec["spatial_shape"] = list(roi)
     out.write_text(json.dumps(meta))
     return out
+
+
+def run_bundle_inference(
+    config: Path, image: str | Path, out: Path, *extra: str, cwd: Path
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run --config_file CONFIG --output_dir OUT --datalist [IMAGE] EXTRA...`` from ``cwd``,
+    as a user runs it (one torch thread); returns the finished process with its captured output."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(config),
+        "--output_dir",
+        str(out),
+        "--datalist",
+        f"$[{{'image': '{image}'}}]",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)

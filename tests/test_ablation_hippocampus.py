@@ -27,6 +27,8 @@ from monai.bundle import ConfigParser
 from pipeline.errors import UsageError
 from pipeline.paths import BUNDLES_DIR, PROJECT_ROOT
 
+from _bundle_utils import run_bundle_inference
+
 SCRIPT = PROJECT_ROOT / "benchmarks" / "ablation_hippocampus.py"
 SWIN = BUNDLES_DIR / "swinunet3d_hippocampus_mri_segmentation"
 UNETRPP = BUNDLES_DIR / "unetrpp_hippocampus_mri_segmentation"
@@ -251,27 +253,9 @@ def _check_weights_run_with_the_shipped_config(results: Path, cwd: Path, shared_
     cwd.mkdir()
 
     case = shared_data / "Task04_Hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(SWIN / "configs" / "inference.json"),
-        "--ckpt_path",
-        str(results / "work" / "swinunet3d_seed0" / "bundle" / "models" / "model.pt"),
-        "--output_dir",
-        str(cwd / "out"),
-        "--datalist",
-        f"$[{{'image': '{case}'}}]",
-    ]
-    res = subprocess.run(
-        cmd,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    weights = results / "work" / "swinunet3d_seed0" / "bundle" / "models" / "model.pt"
+    res = run_bundle_inference(
+        SWIN / "configs" / "inference.json", case, cwd / "out", "--ckpt_path", str(weights), cwd=cwd
     )
     assert res.returncode == 0, res.stderr[-2000:]
     pred, img = nib.load(str(cwd / "out" / "hippocampus_008.nii.gz")), nib.load(str(case))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
-from _bundle_utils import BUNDLES, SMOKE, bundle_dir, small_meta
+from _bundle_utils import BUNDLES, SMOKE, bundle_dir, run_bundle_inference, small_meta
 
 REQUIRED = (
     "LICENSE",
@@ -125,26 +123,7 @@ def test_inference_from_another_cwd(tmp_path, shared_data):
     root = bundle_dir(name)
     case = shared_data / "Task04_Hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(root / "configs" / "inference.json"),
-        "--output_dir",
-        str(out),
-        "--datalist",
-        f"$[{{'image': '{case}'}}]",
-    ]
-    res = subprocess.run(
-        cmd,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
+    res = run_bundle_inference(root / "configs" / "inference.json", case, out, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     import nibabel as nib
 

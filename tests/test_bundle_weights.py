@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +22,7 @@ from monai.bundle import ConfigParser
 from pipeline.paths import BUNDLES_DIR
 from pipeline.training.bundle import MissingWeightsExit, require_weights
 
-from _bundle_utils import SMOKE, bundle_dir, write_cases
+from _bundle_utils import SMOKE, bundle_dir, run_bundle_inference, write_cases
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 EXPR = "$not pipeline.training.bundle.require_weights(@ckpt_path, @allow_untrained)"
@@ -95,20 +94,7 @@ def _copy_without_weights(tmp_path: Path) -> Path:
 
 
 def _run(root: Path, case: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(root / "configs" / "inference.json"),
-        "--output_dir",
-        str(out),
-        "--datalist",
-        f"$[{{'image': '{case}'}}]",
-        *extra,
-    ]
-    return subprocess.run(cmd, cwd=root.parent, capture_output=True, text=True, timeout=300, env=ENV)
+    return run_bundle_inference(root / "configs" / "inference.json", case, out, *extra, cwd=root.parent)
 
 
 def test_monai_bundle_run_refuses_without_weights(tmp_path):
