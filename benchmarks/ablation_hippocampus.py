@@ -277,9 +277,9 @@ def check_data(data: Path, datalist: Path) -> None:
 # --- training ---------------------------------------------------------------------------------------------------------
 def checkpoint_trainer_state(train_dir: Path) -> dict[str, int] | None:
     """``{"epoch", "iteration", ...}`` of the run's latest resumable checkpoint, or None before the first epoch."""
-    from pipeline.training import load_checkpoint
+    from pipeline.training import load_training_state
 
-    found = load_checkpoint(train_dir)
+    found = load_training_state(train_dir)
     return None if found is None else dict(found[0]["trainer"])
 
 
@@ -394,9 +394,9 @@ def export_bundle(spec: RunSpec, run_dir: Path, datalist: Path) -> Path:
     """``<run>/bundle``: the source bundle's inference config (variant selected), metadata and datalist, plus the
     final weights of ``<run>/train/checkpoint.pt`` as ``models/model.pt`` (a plain state dict, like the shipped
     bundles). Returns the bundle folder."""
-    from pipeline.training import load_checkpoint
+    from pipeline.training import load_training_state
 
-    found = load_checkpoint(run_dir / "train")
+    found = load_training_state(run_dir / "train")
     if found is None:
         raise ModelError("no training checkpoint to export", path=run_dir / "train")
     bundle = run_dir / "bundle"

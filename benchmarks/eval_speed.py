@@ -21,18 +21,17 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.benchmark import markdown_table, median_time, publish, script_parser
+from pipeline.utils.environment import package_version
 
 SPACING = (0.76, 0.76, 3.0)
 
@@ -90,12 +89,9 @@ def make_case(shape: Sequence[int] = (512, 512, 150), seed: int = 0) -> tuple[np
 
 
 def _time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    """Median seconds of ``repeats`` calls (no warm-up: every tool starts cold alike) and the last result."""
+    t = median_time(fn, repeats, warmup=0)
+    return t["median_s"], t["result"]
 
 
 def _float32_hd95(pred: np.ndarray, gt: np.ndarray, ids: Sequence[int]) -> np.ndarray:
@@ -175,72 +171,60 @@ def run(shape: Sequence[int], repeats: int, medpy_repeats: int, with_medpy: bool
 
 def table(res: dict) -> str:
     """The Markdown table of one :func:`run` result."""
-    lines = [
-        "| tool | what | time (s) | speed-up of ours | max rel. difference |",
-        "|---|---|---:|---:|---:|",
-        f"| ours (`evaluate_case`, strict) | Dice + HD95 max-directed, 13 classes | {res['ours_max']:.3f} | 1.0 | |",
-        f"| ours (`evaluate_case`, pooled) | Dice + HD95 pooled, 13 classes | {res['ours_pooled']:.3f} | 1.0 | |",
-        f"| MONAI `compute_hausdorff_distance` | HD95 (one-hot given) | {res['monai_hd']:.3f} | "
-        f"{res['monai_hd'] / res['ours_max']:.1f}x | {res['max_rel_monai_hd95']:.1e} "
-        f"({res['max_rel_monai_hd95_f32']:.1e} with MONAI's float32 percentile) |",
-        f"| MONAI `DiceMetric(num_classes=14)` | Dice only | {res['monai_dice']:.3f} | "
-        f"{res['monai_dice'] / res['ours_max']:.1f}x | {res['max_abs_monai_dice']:.1e} (abs) |",
+    rows = [
+        ["ours (`evaluate_case`, strict)", "Dice + HD95 max-directed, 13 classes", f"{res['ours_max']:.3f}", "1.0", ""],
+        ["ours (`evaluate_case`, pooled)", "Dice + HD95 pooled, 13 classes", f"{res['ours_pooled']:.3f}", "1.0", ""],
+        [
+            "MONAI `compute_hausdorff_distance`",
+            "HD95 (one-hot given)",
+            f"{res['monai_hd']:.3f}",
+            f"{res['monai_hd'] / res['ours_max']:.1f}x",
+            f"{res['max_rel_monai_hd95']:.1e} ({res['max_rel_monai_hd95_f32']:.1e} with MONAI's float32 percentile)",
+        ],
+        [
+            "MONAI `DiceMetric(num_classes=14)`",
+            "Dice only",
+            f"{res['monai_dice']:.3f}",
+            f"{res['monai_dice'] / res['ours_max']:.1f}x",
+            f"{res['max_abs_monai_dice']:.1e} (abs)",
+        ],
     ]
     if "medpy" in res:
-        lines.append(
-            f"| medpy `hd95` (x{res['medpy_repeats']}) | HD95 pooled, full volume | {res['medpy']:.3f} | "
-            f"{res['medpy'] / res['ours_pooled']:.1f}x | {res['max_rel_medpy_hd95']:.1e} |"
+        rows.append(
+            [
+                f"medpy `hd95` (x{res['medpy_repeats']})",
+                "HD95 pooled, full volume",
+                f"{res['medpy']:.3f}",
+                f"{res['medpy'] / res['ours_pooled']:.1f}x",
+                f"{res['max_rel_medpy_hd95']:.1e}",
+            ]
         )
-    return "\n".join(lines)
-
-
-def _versions() -> str:
-    import monai
-    import torch
-
-    try:
-        from importlib.metadata import version
-
-        medpy_v = version("medpy")
-    except Exception:  # noqa: BLE001 - informational only
-        medpy_v = "absent"
-    return f"torch {torch.__version__}, monai {monai.__version__}, medpy {medpy_v}, numpy {np.__version__}"
+    head = ["tool", "what", "time (s)", "speed-up of ours", "max rel. difference"]
+    return markdown_table(head, rows, align=["", "", "right", "right", "right"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small 128x128x40 case, one repeat (smoke run)")
-    parser.add_argument("--repeats", type=int, default=3, help="median of N runs (default 3)")
+    parser = script_parser(__doc__, quick="small 128x128x40 case, one repeat (smoke run)")
     parser.add_argument("--medpy-repeats", type=int, default=1, help="runs of medpy (slow; default 1)")
     parser.add_argument("--no-medpy", action="store_true", help="skip medpy")
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 150), metavar=("X", "Y", "Z"))
-    parser.add_argument("--out", type=Path, help="write a Markdown section to this file (atomically)")
     args = parser.parse_args(argv)
     shape = (128, 128, 40) if args.quick else tuple(args.shape)
     repeats = 1 if args.quick else args.repeats
     res = run(shape, repeats, 1 if args.quick else args.medpy_repeats, with_medpy=not args.no_medpy)
-    tab = table(res)
-    print(tab)
-    if args.out:
-        from pipeline.utils.atomic import atomic_path
-
-        cmd = "python benchmarks/eval_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        threads = os.environ.get("OMP_NUM_THREADS", "unset")
-        section = (
-            f"## Evaluator speed: DSC + HD95 on a {res['shape'][0]}x{res['shape'][1]}x{res['shape'][2]} "
-            f"{res['classes']}-class case\n\n"
-            f"- command: `{cmd.strip()}`\n"
-            f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
-            f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={threads} "
-            "(machine shared with other jobs: only ratios within this run are meaningful)\n"
-            f"- versions: {_versions()}\n"
-            f"- spacing {SPACING} mm; median of {repeats} run(s)"
-            + (f", medpy {res['medpy_repeats']} run(s)" if "medpy" in res else "")
-            + "; values compared class by class (relative difference)\n\n"
-            f"{tab}\n"
-        )
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(section)
+    medpy = f", medpy {res['medpy_repeats']} run(s)" if "medpy" in res else ""
+    publish(
+        table(res),
+        out=args.out,
+        title=f"Evaluator speed: DSC + HD95 on a {'x'.join(map(str, res['shape']))} {res['classes']}-class case",
+        script=__file__,
+        argv=argv,
+        details=[
+            f"other versions: medpy {package_version('medpy')}",
+            f"spacing {SPACING} mm; median of {repeats} run(s){medpy}; values compared class by class (relative "
+            "difference); the machine is shared with other jobs: only ratios within this run are meaningful",
+        ],
+    )
     return 0
 
 

@@ -24,16 +24,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,8 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from pipeline.benchmark import markdown_table, publish, script_parser, time_paths, torch_threads  # noqa: E402
 
 METHODS = ("monai", "engine", "stream", "stream+skip")
 
@@ -149,40 +150,31 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def bench_real(cases, net, roi, overlap, sw, repeats) -> list[dict]:
-    times = {m: {c[1]: [] for c in cases} for m in METHODS}
-    agree = {m: [] for m in METHODS}
-    agree_body = {m: [] for m in METHODS}
-    voxels = 0
-    for r in range(repeats):
-        for _ds, case, x in cases:
-            ref = None
-            for m in METHODS:
-                t = time.perf_counter()
-                lab = run_method(m, x, net, roi, overlap, sw)
-                times[m][case].append(time.perf_counter() - t)
-                if m == "monai":
-                    ref = lab
-                    if r == 0:
-                        voxels += lab.numel()
-                elif r == 0:
-                    eq = lab.long() == ref.long()
-                    agree[m].append(int(eq.sum()))
-                    agree_body[m].append(int(eq[x[0, 0] > 0].sum()))
-    body_voxels = sum(int((x[0, 0] > 0).sum()) for _, _, x in cases)
-    rows = []
-    total_monai = sum(float(np.median(v)) for v in times["monai"].values())
-    for m in METHODS:
-        total = sum(float(np.median(v)) for v in times[m].values())
-        rows.append(
-            {
-                "method": m,
-                "seconds": total,
-                "speedup": total_monai / total,
-                "agreement": 1.0 if m == "monai" else sum(agree[m]) / voxels,
-                "agreement_body": 1.0 if m == "monai" else sum(agree_body[m]) / body_voxels,
-            }
-        )
-    return rows
+    """Per case: each method once, untimed (a warm-up whose labels give the agreement with MONAI's), then ``repeats``
+    interleaved timed rounds; the per-case medians are summed over the cases."""
+    seconds = dict.fromkeys(METHODS, 0.0)
+    agree, agree_body = dict.fromkeys(METHODS, 0), dict.fromkeys(METHODS, 0)
+    voxels = body_voxels = 0
+    for _ds, _case, x in cases:
+        body = x[0, 0] > 0
+        labels = {m: run_method(m, x, net, roi, overlap, sw).long() for m in METHODS}
+        for m, lab in labels.items():
+            agree[m] += int((lab == labels["monai"]).sum())
+            agree_body[m] += int((lab == labels["monai"])[body].sum())
+        voxels, body_voxels = voxels + labels["monai"].numel(), body_voxels + int(body.sum())
+        paths = {m: partial(run_method, m, x, net, roi, overlap, sw) for m in METHODS}
+        for m, t in time_paths(paths, repeats, warmup=0).items():
+            seconds[m] += t
+    return [
+        {
+            "method": m,
+            "seconds": seconds[m],
+            "speedup": seconds["monai"] / seconds[m],
+            "agreement": agree[m] / voxels,
+            "agreement_body": agree_body[m] / body_voxels,
+        }
+        for m in METHODS
+    ]
 
 
 def bench_large(args, tmp: Path) -> list[dict]:
@@ -192,27 +184,17 @@ def bench_large(args, tmp: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for m in args.large_methods:
         out = tmp / f"{m.replace('+', '_')}.npy"
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            m,
-            "--labels-out",
-            str(out),
-            "--size",
-            *map(str, args.size),
-            "--roi",
-            *map(str, args.roi_large),
-            "--overlap",
-            str(args.overlap_large),
-            "--sw-batch-size",
-            str(args.sw_batch_size),
-            "--features",
-            str(args.features),
-            "--threads",
-            str(args.threads),
-            *([] if args.channels_last else ["--no-channels-last"]),
-        ]
+        opts = {
+            "--worker": m,
+            "--labels-out": out,
+            "--overlap": args.overlap_large,
+            "--sw-batch-size": args.sw_batch_size,
+            "--features": args.features,
+            "--threads": args.threads,
+        }
+        cmd = [sys.executable, str(Path(__file__).resolve()), *(str(v) for kv in opts.items() for v in kv)]
+        cmd += ["--size", *map(str, args.size), "--roi", *map(str, args.roi_large)]
+        cmd += [] if args.channels_last else ["--no-channels-last"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         if not args.parallel:
             proc.wait()
@@ -239,43 +221,50 @@ def bench_large(args, tmp: Path) -> list[dict]:
 def markdown(real_rows, large_rows, args, n_cases) -> str:
     lines = []
     if real_rows:
+        rows = [
+            [
+                r["method"],
+                f"{r['seconds']:.2f}",
+                f"{r['speedup']:.2f}x",
+                _pct(r["agreement"]),
+                _pct(r["agreement_body"]),
+            ]
+            for r in real_rows
+        ]
+        head = ["method", "wall time (s)", "speed-up vs MONAI", "agreement (all voxels)", "agreement (body)"]
         lines += [
             f"Real CT ({n_cases} cases from STS_CT, BTCV_like, Task06_Lung_sample; `ct_abdomen` preprocessing; "
             f"roi {tuple(args.roi)}, overlap {args.overlap}, Gaussian, sw_batch_size {args.sw_batch_size}; "
-            f"median of {args.repeats}, summed over cases):",
+            f"median of {args.repeats} after a warm-up, summed over cases):",
             "",
-            "| method | wall time (s) | speed-up vs MONAI | agreement (all voxels) | agreement (body) |",
-            "|---|---:|---:|---:|---:|",
+            markdown_table(head, rows, align=[""] + ["right"] * 4),
+            "",
         ]
-        for r in real_rows:
-            lines.append(
-                f"| {r['method']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | {100 * r['agreement']:.4f}% | "
-                f"{100 * r['agreement_body']:.4f}% |"
-            )
-        lines.append("")
     if large_rows:
+        rows = [
+            [
+                r["method"], f"{r['seconds']:.1f}", f"{r['speedup']:.2f}x", f"{r['peak_rss_gib']:.2f}",
+                f"{r['rss_ratio']:.2f}", _pct(r["agreement"]), _pct(r["agreement_body"]),
+            ]
+            for r in large_rows
+        ]  # fmt: skip
+        head = ["method", "wall time (s)", "speed-up vs MONAI", "peak RSS (GiB)", "RSS / MONAI", "agreement (all)"]
         lines += [
             f"Synthetic CT-like {'x'.join(map(str, args.size))}, 14 classes (roi {tuple(args.roi_large)}, overlap "
             f"{args.overlap_large}, Gaussian, sw_batch_size {args.sw_batch_size}; one subprocess per method, "
             f"{'run concurrently' if args.parallel else 'one after another'}, single run):",
             "",
-            "| method | wall time (s) | speed-up vs MONAI | peak RSS (GiB) | RSS / MONAI | agreement (all) | "
-            "agreement (body) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            markdown_table([*head, "agreement (body)"], rows, align=[""] + ["right"] * 6),
         ]
-        for r in large_rows:
-            lines.append(
-                f"| {r['method']} | {r['seconds']:.1f} | {r['speedup']:.2f}x | {r['peak_rss_gib']:.2f} | "
-                f"{r['rss_ratio']:.2f} | {100 * r['agreement']:.4f}% | {100 * r['agreement_body']:.4f}% |"
-            )
     return "\n".join(lines) + "\n"
 
 
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.4f}%"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: one case per dataset, a small synthetic volume")
-    p.add_argument("--repeats", type=int, default=3, help="median of N runs (default 3)")
-    p.add_argument("--out", help="write a Markdown section to this file (atomically)")
+    p = script_parser(__doc__, quick="smoke run: one case per dataset, a small synthetic volume")
     p.add_argument("--roi", type=int, nargs=3, default=[96, 96, 96])
     p.add_argument("--overlap", type=float, default=0.5)
     p.add_argument("--roi-large", type=int, nargs=3, default=[96, 96, 96])
@@ -325,49 +314,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return _worker(args)
-    torch.set_num_threads(args.threads)
-    import monai
-
     real_rows, large_rows, n_cases = [], [], 0
-    if not args.skip_real:
-        cases = real_ct_volumes(args.quick, args.cases_per_dataset)
-        n_cases = len(cases)
-        if cases:
-            real_rows = bench_real(
-                cases,
-                SmallNet(14, args.features, channels_last=args.channels_last),
-                args.roi,
-                args.overlap,
-                args.sw_batch_size,
-                args.repeats,
-            )
-    if not args.skip_large:
-        with tempfile.TemporaryDirectory() as tmp:
-            large_rows = bench_large(args, Path(tmp))
-    table = markdown(real_rows, large_rows, args, n_cases)
-    print(table)
-    if args.out:
-        from pipeline.utils.atomic import atomic_path
-
-        cmd = "python benchmarks/infer_volume.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        section = "\n".join(
-            [
-                "## Sliding-window inference: MONAI vs our engine (`benchmarks/infer_volume.py`)",
-                "",
-                f"- command: `{cmd.strip()}`",
-                f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-                f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                f"torch threads {args.threads} "
-                "(machine shared with other jobs: compare ratios within this run only)",
-                f"- torch {torch.__version__}, monai {monai.__version__}, python {platform.python_version()}",
-                f"- network: Conv3d(1->{args.features}, 3x3x3) -> ReLU -> Conv3d({args.features}->14, 1x1x1), seed 0, "
+    with torch_threads(args.threads):
+        if not args.skip_real:
+            cases = real_ct_volumes(args.quick, args.cases_per_dataset)
+            n_cases = len(cases)
+            if cases:
+                net = SmallNet(14, args.features, channels_last=args.channels_last)
+                real_rows = bench_real(cases, net, args.roi, args.overlap, args.sw_batch_size, args.repeats)
+        if not args.skip_large:
+            with tempfile.TemporaryDirectory() as tmp:
+                large_rows = bench_large(args, Path(tmp))
+        publish(
+            markdown(real_rows, large_rows, args, n_cases),
+            out=args.out,
+            title="Sliding-window inference: MONAI vs our engine (`benchmarks/infer_volume.py`)",
+            script=__file__,
+            argv=argv,
+            details=[
+                f"torch threads {args.threads} (machine shared with other jobs: compare ratios within this run only)",
+                f"network: Conv3d(1->{args.features}, 3x3x3) -> ReLU -> Conv3d({args.features}->14, 1x1x1), seed 0, "
                 f"{'channels_last_3d' if args.channels_last else 'NCDHW'} weights (the same module for every method)",
-                "",
-                table,
-            ]
+            ],
         )
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(section)
     return 0
 
 

@@ -8,13 +8,8 @@ Usage::
     python benchmarks/run_all.py --quick              # smoke run into outputs/bench_quick/ (published ones untouched)
     python benchmarks/run_all.py --no-run             # only re-assemble RESULTS.md (results/ + notes/)
 
-Hand-written notes on a section go in ``benchmarks/notes/<script>.md`` (never in ``results/``, which the scripts
-overwrite); they are printed after the section. ``--no-run`` re-uses the last suite run's record
-(``results/suite_run.json``), so it reproduces RESULTS.md byte for byte when nothing changed.
-
-The scripts (``unetrpp_forward.py``, ``swin3d_forward.py``, ``eval_speed.py``, ``infer_volume.py`` and any other
-``benchmarks/*.py`` with a ``main``) run one at a time as child processes, each with ``--out results/<stem>.md
---repeats N``; each measures its reference in the same run and reports ratios. See :mod:`pipeline.benchmark.suite`.
+Hand-written notes go in ``benchmarks/notes/<script>.md``; every script writes its section with the harness of
+:mod:`pipeline.benchmark.harness`. See :mod:`pipeline.benchmark.suite`.
 """
 
 from __future__ import annotations

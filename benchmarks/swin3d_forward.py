@@ -26,7 +26,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -36,8 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.benchmark import median_time, system_stamp, write_section
-from pipeline.benchmark.sections import command_line
+from pipeline.benchmark import markdown_table, median_time, publish, script_parser, torch_threads
 from pipeline.networks import create_network
 from pipeline.networks.swin3d import SwinAttention3D
 from pipeline.networks.swin3d.presets import BTCV_ROI, SYNAPSE_ROI
@@ -217,19 +215,17 @@ def _fmt_t(t: Sequence[int]) -> str:
     return "x".join(map(str, t))
 
 
-def _attention_lines(rows: list[dict], first: str = "case") -> list[str]:
-    lines = [
-        f"| {first} | grid | dim / heads | window / shift | MONAI ms | ours ms | speed-up | linears ms | "
-        "core speed-up | max diff |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {_fmt_t(r['grid'])} | {r['dim']} / {r['heads']} | {_fmt_t(r['window'])} / "
-            f"{_fmt_t(r['shift'])} | {r['monai_ms']:.1f} | {r['ours_ms']:.1f} | {r['speedup']:.2f}x | "
-            f"{r['linears_ms']:.1f} | {r['core_speedup']:.2f}x | {r['max_diff']:.1e} |"
-        )
-    return lines
+def _attention_table(rows: list[dict], first: str = "case") -> str:
+    head = [first, "grid", "dim / heads", "window / shift", "MONAI ms", "ours ms", "speed-up", "linears ms"]
+    cells = [
+        [
+            r["case"], _fmt_t(r["grid"]), f"{r['dim']} / {r['heads']}", f"{_fmt_t(r['window'])} / {_fmt_t(r['shift'])}",
+            f"{r['monai_ms']:.1f}", f"{r['ours_ms']:.1f}", f"{r['speedup']:.2f}x", f"{r['linears_ms']:.1f}",
+            f"{r['core_speedup']:.2f}x", f"{r['max_diff']:.1e}",
+        ]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_table([*head, "core speed-up", "max diff"], cells, align=[""] * 4 + ["right"] * 6)
 
 
 def tables(attn: list[dict], net: dict, presets: list[dict], net_attn: Sequence[dict] = ()) -> str:
@@ -237,7 +233,7 @@ def tables(attn: list[dict], net: dict, presets: list[dict], net_attn: Sequence[
         "**Window attention, ours (SDPA, cached bias+mask) vs MONAI SwinUNETR `WindowAttention`, same weights "
         "(inference, batch 1; linears = the qkv + output projections both run, core = module minus linears)**",
         "",
-        *_attention_lines(attn),
+        _attention_table(attn),
     ]
     for agg in net_attn:
         lines += [
@@ -246,65 +242,55 @@ def tables(attn: list[dict], net: dict, presets: list[dict], net_attn: Sequence[
             f"{_fmt_t(agg['roi'])} (x,y,z), each on its real input, vs MONAI twins: MONAI {agg['monai_ms']:.1f} ms, "
             f"ours {agg['ours_ms']:.1f} ms, speed-up {agg['speedup']:.2f}x (linears {agg['linears_ms']:.1f} ms)**",
             "",
-            *_attention_lines(agg["rows"], first="module"),
+            _attention_table(agg["rows"], first="module"),
         ]
+    net_head = ["ROI (x,y,z)", "SwinUNETR s", "swinunet3d s", "speed-up", "SwinUNETR M params", "swinunet3d M params"]
+    net_row = [
+        _fmt_t(net["roi"]), f"{net['monai_s']:.2f}", f"{net['ours_s']:.2f}", f"{net['speedup']:.1f}x",
+        f"{net['monai_params']:.2f}", f"{net['ours_params']:.2f}",
+    ]  # fmt: skip
+    preset_rows = [
+        [f"`{r['preset']}`", _fmt_t(r["roi"]), f"{r['params']:.2f}", f"{r['gmacs']:.1f}", f"{r['seconds']:.2f}"]
+        for r in presets
+    ]
     lines += [
         "",
         f"**Whole network per window: `swinunet3d` vs MONAI `SwinUNETR(feature_size={net['feature_size']})` "
         "(inference, batch 1, 14 classes)**",
         "",
-        "| ROI (x,y,z) | SwinUNETR s | swinunet3d s | speed-up | SwinUNETR M params | swinunet3d M params |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| {_fmt_t(net['roi'])} | {net['monai_s']:.2f} | {net['ours_s']:.2f} | {net['speedup']:.1f}x | "
-        f"{net['monai_params']:.2f} | {net['ours_params']:.2f} |",
+        markdown_table(net_head, [net_row], align=[""] + ["right"] * 5),
         "",
         "**Presets (14 classes, 1 input channel, embed_dim 48; GMACs with the math SDPA backend)**",
         "",
-        "| preset | ROI (x,y,z) | M params | GMACs | forward s |",
-        "|---|---|---:|---:|---:|",
+        markdown_table(
+            ["preset", "ROI (x,y,z)", "M params", "GMACs", "forward s"], preset_rows, align=["", ""] + ["right"] * 3
+        ),
     ]
-    for r in presets:
-        lines.append(
-            f"| `{r['preset']}` | {_fmt_t(r['roi'])} | {r['params']:.2f} | {r['gmacs']:.1f} | {r['seconds']:.2f} |"
-        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 64^3 vs SwinUNETR(feature_size=12), 32^3 presets, one repeat"
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
+    parser = script_parser(__doc__, quick="smoke run: 64^3 vs SwinUNETR(feature_size=12), 32^3 presets, one repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    parser.add_argument("--out", type=Path, help="write a Markdown section to this file (atomically)")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
-    if args.quick:
-        attn = bench_attention(QUICK_ATTN_CASES, repeats)
-        net_attn = [bench_network_attention("swinunet3d", (32, 32, 32), repeats)]
-        net = bench_network((64, 64, 64), repeats, feature_size=12)
-        presets = bench_presets(PRESETS[:2], [(32, 32, 32)], repeats)
-    else:
-        attn = bench_attention(ATTN_CASES, repeats)
-        net_attn = [bench_network_attention("swinunet3d", roi, repeats) for roi in (BTCV_ROI, SYNAPSE_ROI)]
-        net = bench_network(BTCV_ROI, repeats)
-        presets = bench_presets(PRESETS, [BTCV_ROI, SYNAPSE_ROI], repeats)
-    text = tables(attn, net, presets, net_attn)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_section(
-            args.out,
-            "3D Swin-Unet family: speed and size (`benchmarks/swin3d_forward.py`)",
-            text,
-            command=command_line(argv, "benchmarks/swin3d_forward.py"),
-            stamp=system_stamp("cpu"),
-            script="swin3d_forward",
+    with torch_threads(args.threads):
+        if args.quick:
+            attn = bench_attention(QUICK_ATTN_CASES, repeats)
+            net_attn = [bench_network_attention("swinunet3d", (32, 32, 32), repeats)]
+            net = bench_network((64, 64, 64), repeats, feature_size=12)
+            presets = bench_presets(PRESETS[:2], [(32, 32, 32)], repeats)
+        else:
+            attn = bench_attention(ATTN_CASES, repeats)
+            net_attn = [bench_network_attention("swinunet3d", roi, repeats) for roi in (BTCV_ROI, SYNAPSE_ROI)]
+            net = bench_network(BTCV_ROI, repeats)
+            presets = bench_presets(PRESETS, [BTCV_ROI, SYNAPSE_ROI], repeats)
+        publish(
+            tables(attn, net, presets, net_attn),
+            out=args.out,
+            title="3D Swin-Unet family: speed and size (`benchmarks/swin3d_forward.py`)",
+            script=__file__,
+            argv=argv,
             notes=[
                 f"repeats: median of {repeats} (after one warm-up run); the machine is shared, so compare ratios "
                 "measured in the same run"

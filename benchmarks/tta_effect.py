@@ -3,8 +3,9 @@
 For each bundle, the validation cases of its ``configs/datalist.json`` are segmented twice with the product's own
 inference (:func:`pipeline.inference.infer_cases`, the path of ``medseg infer --model BUNDLE``): once plain and once
 with ``--tta`` (8 mirror flips, softmax probabilities averaged as in nnU-Net v1). Both runs are scored with
-:func:`pipeline.evaluation.evaluate_folders` under the ``strict`` protocol on each label's own grid (HD95 in mm), and
-the wall time of each inference run is reported, so the ratio of the two times is measured in the same run.
+:func:`pipeline.evaluation.evaluate_folders` (through :func:`pipeline.benchmark.runner.score_cases`) under the
+``strict`` protocol on each label's own grid (HD95 in mm), and the wall time of each inference run is reported, so
+the ratio of the two times is measured in the same run.
 
 Usage::
 
@@ -15,12 +16,15 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.benchmark import markdown_table, publish, script_parser, torch_threads
 
 DEFAULT_BUNDLES = ("unetrpp_hippocampus_mri_segmentation", "unetrpp_sts_ct_segmentation")
 
@@ -33,24 +37,15 @@ def _validation(bundle: Path, dataset: Path, limit: int | None) -> list[dict]:
     return cases[:limit] if limit else cases
 
 
-def _label_folder(cases: Sequence[dict], folder: Path) -> Path:
-    """The validation labels alone, as links (evaluate_folders pairs every prediction with a label)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for c in cases:
-        (folder / Path(c["label"]).name).symlink_to(c["label"])
-    return folder
-
-
 def measure(bundle_name: str, work: Path, limit: int | None) -> list[list[str]]:
     """Rows (plain, TTA, difference) of one bundle's table."""
+    from pipeline.benchmark.runner import score_cases
     from pipeline.demo import _bundle_facts, _find_dataset, resolve_bundle
-    from pipeline.evaluation import evaluate_folders
     from pipeline.inference import InferenceSettings, infer_cases, load_model
 
     bundle = resolve_bundle(bundle_name)
     facts = _bundle_facts(bundle)
     cases = _validation(bundle, _find_dataset(facts["dataset"], None, download=False), limit)
-    labels = _label_folder(cases, work / bundle.name / "labels")
     model = load_model(bundle, device="cpu")
     rows, means = [], {}
     for tta in (False, True):
@@ -61,7 +56,8 @@ def measure(bundle_name: str, work: Path, limit: int | None) -> list[list[str]]:
         failed = [r.case for r in results if r.status != "ok"]
         if failed:
             raise RuntimeError(f"{bundle.name}: inference failed for {failed}")
-        summary = evaluate_folders(out, labels, "strict", classes=sorted(facts["classes"]), workers=1)
+        pairs = [(r.case, str(r.output), c["label"]) for r, c in zip(results, cases)]
+        summary, _ = score_cases(pairs, sorted(facts["classes"]), "strict")
         per_class = summary.per_class()
         dsc = [per_class[c]["dice"] for c in sorted(facts["classes"])]
         hd = [per_class[c]["hd95"] for c in sorted(facts["classes"])]
@@ -89,47 +85,28 @@ def measure(bundle_name: str, work: Path, limit: int | None) -> list[list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__, quick="2 cases per bundle (smoke run)", repeats=1)
     p.add_argument("--bundle", action="append", help="bundle name or folder (repeatable; default: the trained ones)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--quick", action="store_true", help="2 cases per bundle (smoke run)")
-    p.add_argument("--repeats", type=int, default=1, help="accepted for the suite; each run is timed once")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "tta_effect.md"))
+    p.set_defaults(out=Path(__file__).parent / "results" / "tta_effect.md")
     args = p.parse_args(argv)
-    import torch
-
-    from pipeline.benchmark.sections import command_line, markdown_table, write_section
-
-    torch.set_num_threads(args.threads)
     rows: list[list[str]] = []
-    with tempfile.TemporaryDirectory(prefix="tta_effect_") as tmp:
+    with torch_threads(args.threads), tempfile.TemporaryDirectory(prefix="tta_effect_") as tmp:
         for name in args.bundle or DEFAULT_BUNDLES:
             rows += measure(name, Path(tmp), 2 if args.quick else None)
-    table = markdown_table(
-        [
-            "bundle",
-            "inference",
-            "cases",
-            "DSC per class",
-            "mean DSC",
-            "HD95 per class (mm)",
-            "mean HD95 (mm)",
-            "time (s)",
-            "s / case",
-        ],
-        rows,
-    )
-    print(table)
-    write_section(
-        args.out,
-        "Mirroring TTA on the validation splits",
-        table,
-        command=command_line(argv, __file__),
-        notes=[
-            f"torch threads: {args.threads}; protocol strict on each label's grid; the same weights and "
-            "windows in both rows; --tta averages the softmax probabilities of 8 mirror flips"
-        ],
-    )
+        head = ["bundle", "inference", "cases", "DSC per class", "mean DSC", "HD95 per class (mm)", "mean HD95 (mm)"]
+        publish(
+            markdown_table([*head, "time (s)", "s / case"], rows),
+            out=args.out,
+            title="Mirroring TTA on the validation splits",
+            script=__file__,
+            argv=argv,
+            notes=[
+                f"torch threads: {args.threads}; protocol strict on each label's grid; the same weights and "
+                "windows in both rows; --tta averages the softmax probabilities of 8 mirror flips; each inference "
+                "run is timed once (--repeats is accepted for the suite)"
+            ],
+        )
     return 0
 
 

@@ -10,9 +10,9 @@ the SAME network and weights, interleaved in the same run:
   MONAI ``UnetResBlock`` conv blocks with separate BatchNorm, the official EPA tensor ops). It reproduces the official
   parity fixtures to 1e-6, so it is the official network's maths and op order; the official code itself cannot be
   downloaded here.
-* **ours**: ``net.set_fast(True)`` (the default): channels-last oneDNN convs with eval BatchNorm folded in, the
-  1x1x1 conv as a token linear, EPA with folded L2 norms, fused ``scaled_dot_product_attention`` and one matmul for
-  the channel branch + ``out_proj2``.
+* **ours**: ``net.set_fast(True)`` (the default) plus, on CPU, ``optimize_for_cpu`` (what ``medseg infer`` runs):
+  channels-last oneDNN convs with eval BatchNorm folded in, the 1x1x1 conv as a token linear, EPA with folded L2
+  norms, fused ``scaled_dot_product_attention`` and one matmul for the channel branch + ``out_proj2``.
 
 A second table measures the resolution-agnostic mode (``ef_mode="pool"``) against the fixed-size Synapse network.
 
@@ -25,11 +25,9 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import statistics
+import copy
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -37,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.networks import create_network, get_preset
+from pipeline.benchmark import markdown_table, median_time, publish, script_parser, time_paths, torch_threads
+from pipeline.networks import create_network, get_preset, optimize_for_cpu
 from pipeline.networks.unetrpp import UNETRPP
-from pipeline.utils.atomic import atomic_path
 
 PRESETS = ("unetrpp_synapse", "unetrpp_acdc", "unetrpp_lung", "unetrpp_tumor")
 #: fvcore GMACs of the official networks, measured upstream (docs/unetr_pp.md section 1)
@@ -70,17 +68,6 @@ QUICK_BASE = dict(
 )
 
 
-def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def count_flops(net: torch.nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward of the reference path (matmul/conv/attention ops, as torch.utils.flop_counter counts)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -91,19 +78,20 @@ def count_flops(net: torch.nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def time_paths(net: torch.nn.Module, x: torch.Tensor, repeats: int, device: str) -> dict[str, float]:
+def fast_copy(net: torch.nn.Module, device: str) -> torch.nn.Module:
+    """The inference path of the same weights: ``set_fast(True)``, plus ``optimize_for_cpu`` on CPU (a copy)."""
+    fast = copy.deepcopy(net).set_fast(True)
+    return optimize_for_cpu(fast) if device == "cpu" else fast
+
+
+def reference_vs_ours(net: torch.nn.Module, x: torch.Tensor, repeats: int, device: str) -> dict[str, float]:
     """Median seconds of the reference and the fast path, interleaved (warm-up once each)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    out: dict[str, list[float]] = {"reference": [], "ours": []}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    paths = {"reference": net.set_fast(False), "ours": fast_copy(net, device)}
     with torch.inference_mode():
-        for fast in (False, True):  # warm-up
-            net.set_fast(fast)(x)
-        for _ in range(repeats):  # interleave so that load changes hit both paths alike
-            for name, fast in (("reference", False), ("ours", True)):
-                net.set_fast(fast)
-                out[name].append(_median_time(lambda: net(x), 1, sync))
+        times = time_paths({name: partial(path, x) for name, path in paths.items()}, repeats, sync=sync)
     net.set_fast(True)
-    return {k: statistics.median(v) for k, v in out.items()}
+    return times
 
 
 def bench(
@@ -120,12 +108,12 @@ def bench(
             "times": {},
         }
         for t in threads:
-            torch.set_num_threads(t)
-            row["times"][f"cpu {t}T"] = time_paths(net, x, repeats, "cpu")
+            with torch_threads(t):
+                row["times"][f"cpu {t}T"] = reference_vs_ours(net, x, repeats, "cpu")
             print(f"# {name} cpu {t} thread(s): {row['times'][f'cpu {t}T']}", file=sys.stderr, flush=True)
         if cuda:
             net_c, x_c = net.cuda(), x.cuda()
-            row["times"]["cuda"] = time_paths(net_c, x_c, repeats, "cuda")
+            row["times"]["cuda"] = reference_vs_ours(net_c, x_c, repeats, "cuda")
             net.cpu()
         rows.append(row)
     return rows
@@ -133,7 +121,6 @@ def bench(
 
 def agnostic_rows(threads: int, repeats: int) -> list[dict]:
     """The resolution-agnostic Synapse network (ef_mode='pool') vs the fixed one: size, FLOPs, time, other patches."""
-    torch.set_num_threads(threads)
     kwargs = dict(get_preset("unetrpp_synapse").kwargs)
     fixed = UNETRPP(**kwargs).eval()
     pool = UNETRPP(**{**kwargs, "ef_mode": "pool"}).eval()
@@ -146,10 +133,9 @@ def agnostic_rows(threads: int, repeats: int) -> list[dict]:
     ):
         x = torch.randn(1, 1, *patch)
         flops = count_flops(net, x)
-        net.set_fast(True)
-        with torch.inference_mode():
-            net(x)
-            t = _median_time(partial(net, x), repeats, lambda: None)
+        fast = fast_copy(net, "cpu")
+        with torch.inference_mode(), torch_threads(threads):
+            t = median_time(partial(fast, x), repeats)["median_s"]
         rows.append(
             {
                 "name": label,
@@ -164,39 +150,38 @@ def agnostic_rows(threads: int, repeats: int) -> list[dict]:
 
 def render(rows: list[dict], agn: list[dict], quick: bool) -> str:
     cols = list(rows[0]["times"]) if rows else []
-    head = "| network | input (B,C,z,y,x) | params | GMAC (flop_counter / 2) | official fvcore GMAC |"
-    sep = "|---|---|---:|---:|---:|"
+    head = ["network", "input (B,C,z,y,x)", "params", "GMAC (flop_counter / 2)", "official fvcore GMAC"]
     for c in cols:
-        head += f" reference {c} (s) | ours {c} (s) | ours / reference {c} |"
-        sep += "---:|---:|---:|"
-    lines = [head, sep]
+        head += [f"reference {c} (s)", f"ours {c} (s)", f"ours / reference {c}"]
+    body = []
     for r in rows:
         fv = OFFICIAL_FVCORE_GMACS.get(r["name"])
-        line = (
-            f"| `{r['name']}` | {'x'.join(map(str, r['input']))} | {r['params']:,} | {r['flops'] / 2e9:.2f} | "
-            f"{fv if fv is not None else '-'} |"
-        )
+        line = [f"`{r['name']}`", _shape(r["input"]), f"{r['params']:,}", f"{r['flops'] / 2e9:.2f}", fv or "-"]
         for c in cols:
             t = r["times"][c]
-            line += f" {t['reference']:.2f} | {t['ours']:.2f} | {t['ours'] / t['reference']:.2f} |"
-        lines.append(line)
-    text = "\n".join(lines) + "\n"
+            line += [f"{t['reference']:.2f}", f"{t['ours']:.2f}", f"{t['ours'] / t['reference']:.2f}"]
+        body.append(line)
+    text = markdown_table(head, body, align=["", ""] + ["right"] * (len(head) - 2)) + "\n"
     if quick:
         text = "QUICK smoke run: reduced configurations on a 16x32x32 patch, one repeat; not the presets.\n\n" + text
     if agn:
         text += (
             '\nResolution-agnostic mode (`ef_mode="pool"`, Synapse configuration, fast path, '
-            f"{agn[0].get('threads', 1)} thread(s)):\n\n| network | patch (z,y,x) | params | GMAC | time (s) |\n"
-            "|---|---|---:|---:|---:|\n"
+            f"{agn[0].get('threads', 1)} thread(s)):\n\n"
         )
-        for r in agn:
-            text += (
-                f"| {r['name']} | {'x'.join(map(str, r['patch']))} | {r['params']:,} | {r['flops'] / 2e9:.2f} | "
-                f"{r['seconds']:.2f} |\n"
-            )
+        cells = [
+            [r["name"], _shape(r["patch"]), f"{r['params']:,}", f"{r['flops'] / 2e9:.2f}", f"{r['seconds']:.2f}"]
+            for r in agn
+        ]
+        head = ["network", "patch (z,y,x)", "params", "GMAC", "time (s)"]
+        text += markdown_table(head, cells, align=["", ""] + ["right"] * 3) + "\n"
     if not quick:
         text += NOTES
     return text
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
 
 
 NOTES = """
@@ -222,16 +207,11 @@ Notes:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: reduced configurations, 1 repeat, 1 thread")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per path; the median is reported")
+    parser = script_parser(__doc__, quick="smoke run: reduced configurations, 1 repeat, 1 thread")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (default 1 2)")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="presets to run")
     parser.add_argument("--no-agnostic", action="store_true", help="skip the resolution-agnostic table")
-    parser.add_argument("--out", type=Path, help="write a Markdown section to this file (atomically)")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
     torch.manual_seed(0)
     if args.quick:
         repeats, threads = 1, [1]
@@ -246,27 +226,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     agn = [] if (args.quick or args.no_agnostic) else agnostic_rows(min(threads), repeats)
     for r in agn:
         r["threads"] = min(threads)
-    table = render(rows, agn, args.quick)
-    print(table)
-    if args.out:
-        import monai
-
-        from pipeline.benchmark.environment import stamp_line, system_stamp
-
-        cmd = "python benchmarks/unetrpp_forward.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        section = (
-            "## UNETR++ forward (official presets, CPU)\n\n"
-            f"- command: `{cmd.strip()}`\n"
-            f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
-            f"- environment: {stamp_line(system_stamp('cpu'))} (the stamp shows the last setting; the table "
-            f"measures {', '.join(map(str, threads))} thread(s))\n"
-            f"- torch {torch.__version__}, monai {monai.__version__}; fp32, batch 1, `torch.inference_mode`, "
-            f"median of {repeats}, paths interleaved\n"
-            "- reference = the same network with `set_fast(False)`: the official UNETR++ op sequence (reproduces the "
-            "official parity fixtures); ours = `set_fast(True)` (default)\n\n" + table
-        )
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(section)
+    publish(
+        render(rows, agn, args.quick),
+        out=args.out,
+        title="UNETR++ forward (official presets, CPU)",
+        script=__file__,
+        argv=argv,
+        details=[
+            f"fp32, batch 1, `torch.inference_mode`, median of {repeats}, paths interleaved; the table measures "
+            f"{', '.join(map(str, threads))} thread(s)",
+            "reference = the same network with `set_fast(False)`: the official UNETR++ op sequence (reproduces the "
+            "official parity fixtures); ours = `set_fast(True)` (default) + `optimize_for_cpu` on CPU",
+        ],
+    )
     return 0
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from pipeline.errors import InputDataError, ModelError, UsageError
 from pipeline.paths import BUNDLES_DIR, PROJECT_ROOT, find_data_root
 from pipeline.utils.atomic import atomic_path, save_json_atomic
+from pipeline.utils.tables import markdown_table
 
 __all__ = ["register", "ensure_task04", "run_demo", "resolve_bundle", "DEMO_BUNDLE", "CT_BUNDLE", "TASK"]
 
@@ -73,7 +74,7 @@ def _bundle_facts(bundle: Path) -> dict[str, Any]:
     """What the demo needs from a bundle: dataset folder name, class names, modality."""
     from monai.bundle import ConfigParser
 
-    from pipeline.transforms.presets import get_preset
+    from pipeline.transforms.presets import get_preprocessing_preset
 
     try:
         parser = ConfigParser()
@@ -87,7 +88,7 @@ def _bundle_facts(bundle: Path) -> dict[str, Any]:
             f"cannot read the bundle's dataset_dir/metadata: {type(exc).__name__}: {exc}", path=bundle
         ) from exc
     classes = {int(k): str(v) for k, v in channels.items() if int(k) != 0}
-    modality = get_preset(preset).get("modality") if isinstance(preset, str) else None
+    modality = get_preprocessing_preset(preset).get("modality") if isinstance(preset, str) else None
     return {"dataset": dataset, "classes": classes, "modality": modality}
 
 
@@ -164,7 +165,11 @@ def _infer(bundle: Path, items: list[dict], pred_dir: Path, device: str | None) 
     """Run the bundle's inference.json on ``items`` (images only), writing ``<pred_dir>/<case>.nii.gz``."""
     from monai.bundle import ConfigWorkflow
 
-    overrides: dict[str, Any] = {"datalist": [{"image": d["image"]} for d in items], "output_dir": str(pred_dir)}
+    overrides: dict[str, Any] = {
+        "bundle_root": str(bundle),  # a config cannot see its own folder
+        "datalist": [{"image": d["image"]} for d in items],
+        "output_dir": str(pred_dir),
+    }
     if device:
         overrides["device"] = f"$torch.device({device!r})"
     workflow = ConfigWorkflow(
@@ -182,17 +187,14 @@ def _infer(bundle: Path, items: list[dict], pred_dir: Path, device: str | None) 
 
 
 def _score(items: list[dict], pred_dir: Path, classes: dict[int, str]) -> list[dict]:
-    import nibabel as nib
-
     from pipeline.evaluation import evaluate_case
+    from pipeline.evaluation.io import read_label_map
 
     rows = []
     for d in items:
-        pred_img = cast(nib.Nifti1Image, nib.load(str(pred_dir / f"{d['case']}.nii.gz")))
-        lab_img = cast(nib.Nifti1Image, nib.load(d["label"]))
-        pred = np.asarray(pred_img.dataobj).astype(np.uint8)
-        lab = np.asarray(lab_img.dataobj).astype(np.uint8)
-        spacing = tuple(float(s) for s in lab_img.header.get_zooms()[:3])
+        pred = read_label_map(pred_dir / f"{d['case']}.nii.gz")[0].astype(np.uint8)
+        lab_arr, _, spacing = read_label_map(d["label"])
+        lab = lab_arr.astype(np.uint8)
         row: dict[str, Any] = {"case": d["case"]}
         for r in evaluate_case(pred, lab, spacing, classes, protocol="strict"):
             name = classes[int(r["class"])]
@@ -209,17 +211,10 @@ def _mean(values: list[Any]) -> float:
 def _table(rows: list[dict], classes: dict[int, str]) -> str:
     names = list(classes.values())
     cols = [f"dice_{n}" for n in names] + [f"hd95_{n}" for n in names]
-    lines = [
-        "| case | " + " | ".join([f"DSC {n}" for n in names] + [f"HD95 {n} (mm)" for n in names]) + " |",
-        "|---" * (len(cols) + 1) + "|",
-    ]
-    for r in rows:
-        lines.append(
-            "| " + " | ".join([r["case"]] + [f"{float(r[c]):.3f}" if r[c] is not None else "-" for c in cols]) + " |"
-        )
-    means = [_mean([r[c] for r in rows]) for c in cols]
-    lines.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " |")
-    return "\n".join(lines)
+    head = ["case", *[f"DSC {n}" for n in names], *[f"HD95 {n} (mm)" for n in names]]
+    cells = [[r["case"], *[None if r[c] is None else float(r[c]) for c in cols]] for r in rows]
+    cells.append(["**mean**", *[f"**{_mean([r[c] for r in rows]):.3f}**" for c in cols]])
+    return markdown_table(head, cells, floatfmt=".3f", missing="-")
 
 
 def _overlay(item: dict, pred_path: Path, out: Path, classes: dict[int, str], modality: str | None) -> None:

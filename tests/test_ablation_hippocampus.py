@@ -220,7 +220,8 @@ def _check_table_and_figures(results: Path) -> None:
         n_params = sum(p.numel() for p in net.parameters())
         assert state["params"] == n_params
         assert rows[run][3] == f"{n_params / 1e6:.2f}"  # the table's parameter column
-        assert 1.0 < state["gmacs"] < 2.5 and rows[run][4] == f"{state['gmacs']:.2f}"
+        # swinunet3d ~1.7, UNETR++ ~3.2 GMACs (every convolution counted: the old oneDNN-in-block path hid 56 %)
+        assert 1.0 < state["gmacs"] < 4.0 and rows[run][4] == f"{state['gmacs']:.2f}"
         assert state["final_step"] == 2 and rows[run][5] == "2" and state["training"]["nan_free"]
         assert rows[run][14] == "yes"
         work = results / "work" / run

@@ -118,8 +118,36 @@ def test_score_case_on_real_label(shared_data, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.uint8), aff), str(moved))
     from pipeline.errors import InputDataError
 
-    with pytest.raises(InputDataError, match="original grid"):
+    with pytest.raises(InputDataError, match="not on the same grid") as err:
         score_case(moved, label, [1, 2], "strict")
+    assert str(moved) in str(err.value) and str(label) in str(err.value)  # the real files, not the scoring links
+
+
+def test_score_cases_times_each_case_and_names_failures(shared_data, tmp_path):
+    """Several pairs in one evaluate_folders run: rows per case and class, a scoring time per scored case, and a
+    failed pair reported with its own file while the others are scored."""
+    import nibabel as nib
+
+    from pipeline.benchmark.runner import score_cases
+
+    labels = shared_data / "Task04_Hippocampus" / "labelsTr"
+    pairs = []
+    for case in ("hippocampus_001", "hippocampus_003"):
+        img = nib.load(str(labels / f"{case}.nii.gz"))
+        pred = tmp_path / f"pred_{case}.nii.gz"  # any file name: the pairs are linked by case
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.uint8), img.affine), str(pred))
+        pairs.append((case, pred, labels / f"{case}.nii.gz"))
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    pairs.append(("hippocampus_004", broken, labels / "hippocampus_004.nii.gz"))
+    summary, seconds = score_cases(pairs, [1, 2], "strict")
+    assert {(r["case"], r["class"], r["dice"]) for r in summary.rows} == {
+        (c, k, 1.0) for c in ("hippocampus_001", "hippocampus_003") for k in (1, 2)
+    }
+    assert set(seconds) == {"hippocampus_001", "hippocampus_003", "hippocampus_004"}
+    assert all(s > 0 for s in seconds.values())
+    ((case, error),) = summary.failures
+    assert case == "hippocampus_004" and str(broken) in error and "medseg_bench_" not in error
 
 
 def test_end_to_end_untrained_hippocampus(shared_data, tmp_path, capsys):
@@ -167,6 +195,9 @@ def test_end_to_end_untrained_hippocampus(shared_data, tmp_path, capsys):
     lab = nib.load(case["label"])
     assert pred.shape == lab.shape and np.allclose(pred.affine, lab.affine, atol=1e-3)
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+    # written by infer_cases (medseg infer's code): its sidecar, with the network time of the benchmark's timer
+    side = json.loads((out / "predictions" / f"{data['cases_used'][0]}.json").read_text())
+    assert side["timings_s"]["network"] == case["timings"]["network"] and side["versions"]["torch"]
     md = (out / "report.md").read_text()
     assert all("UNTRAINED" in line for line in md.splitlines() if line.startswith("#"))
     assert (out / "report.csv").read_text().startswith("# UNTRAINED")
@@ -296,3 +327,9 @@ def test_timed_network_times_forward_and_keeps_module_api():
         assert torch.equal(timed(x), net(x))
     assert timed.seconds > 0
     assert timed.cuda.__func__ is torch.nn.Module.cuda
+    # the infer_cases timing hook: reset at entry, the case's network seconds in the yielded dict at exit
+    with timed.measure() as stages, torch.no_grad():
+        assert timed.seconds == 0.0 and stages == {}
+        timed(x)
+        timed(x)
+    assert stages == {"network": timed.seconds} and stages["network"] > 0

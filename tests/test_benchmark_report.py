@@ -10,13 +10,15 @@ import math
 import pytest
 
 from pipeline.benchmark.datasets import pick_split, profile_for
-from pipeline.benchmark.environment import PeakMemory, system_stamp
+from pipeline.benchmark.memory import PeakMemory
 from pipeline.benchmark.published import PUBLISHED_TABLES, SYNAPSE_ORDER, get_table
-from pipeline.benchmark.report import STAGES, BenchmarkReport, CaseResult, report_from_dict
-from pipeline.benchmark.sections import assemble_results, markdown_table, read_section, write_section
+from pipeline.benchmark.report import STAGES, BenchmarkCaseResult, BenchmarkReport
+from pipeline.benchmark.sections import assemble_results, read_section, write_section
 from pipeline.benchmark.suite import discover_scripts
 from pipeline.benchmark.suite import main as suite_main
 from pipeline.errors import InputDataError, UsageError
+from pipeline.utils.environment import system_stamp
+from pipeline.utils.tables import markdown_table
 
 # --- published tables -------------------------------------------------------------------------------------------------
 
@@ -86,13 +88,13 @@ def test_pick_split_aliases_and_errors():
 def _report(untrained: bool) -> BenchmarkReport:
     syn = get_table("synapse")
     cases = [
-        CaseResult(
+        BenchmarkCaseResult(
             "img0001",
             dice={1: 0.9, 2: 0.8, 3: 0.7, 4: None, 6: 0.95, 7: 0.6, 8: 0.85, 11: 0.5},
             hd95={1: 2.0, 2: 3.0, 3: 4.0, 4: None, 6: 5.0, 7: 6.0, 8: 1.0, 11: 9.0},
             timings={"preprocessing": 1.0, "network": 10.0, "stitching": 0.5, "postprocessing": 2.0, "metrics": 0.25},
         ),
-        CaseResult(
+        BenchmarkCaseResult(
             "img0002",
             dice=dict.fromkeys(syn.labels, 0.5),
             hd95=dict.fromkeys(syn.labels, 1.0),
@@ -105,7 +107,7 @@ def _report(untrained: bool) -> BenchmarkReport:
                 "io": 0.1,
             },
         ),
-        CaseResult("img0003", status="failed", error="prediction shape (1, 2, 3) differs from label"),
+        BenchmarkCaseResult("img0003", status="failed", error="prediction shape (1, 2, 3) differs from label"),
     ]
     return BenchmarkReport(
         bundle="unetrpp_synapse",
@@ -207,8 +209,6 @@ def test_report_json_csv_roundtrip(tmp_path):
     assert pub["label"] == "as published" and pub["table"] == "synapse"
     assert {row["method"]: row["protocol"] for row in pub["rows"]}["UNETR++"] == "legacy_unetrpp"
     assert data["environment"]["torch"] and data["memory"]["peak_rss_mib"] == 123.4
-    back = report_from_dict(data)
-    assert back.to_markdown() == r.to_markdown()
     rows = list(csv.DictReader(line for line in paths["csv"].read_text().splitlines() if not line.startswith("#")))
     assert len(rows) == 3 * 8
     first = rows[0]
@@ -225,7 +225,7 @@ def test_report_infinite_hd95_is_shown():
         split="test",
         protocol="strict",
         classes=list(get_table("lung").classes),
-        cases=[CaseResult("c", dice={1: 0.0}, hd95={1: math.inf}, timings={"network": 1.0})],
+        cases=[BenchmarkCaseResult("c", dice={1: 0.0}, hd95={1: math.inf}, timings={"network": 1.0})],
     )
     assert math.isinf(r.mean_scores()["hd95"])
     assert "| inf |" in r.to_markdown()
@@ -282,27 +282,59 @@ def test_assemble_results_from_sections(tmp_path):
 
 
 TINY_SCRIPT = '''
-"""A real (tiny) benchmark: median time of summing a list, written as a section."""
-import argparse, sys
-from pipeline.benchmark.sections import command_line, markdown_table, median_time, write_section
+"""A real (tiny) benchmark on the harness: median time of summing a list, written as a section."""
+import sys
+from pipeline.benchmark import markdown_table, median_time, publish, script_parser
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out")
-    a = p.parse_args(argv)
+    a = script_parser(__doc__, quick="a short list").parse_args(argv)
     n = 1000 if a.quick else 100000
     t = median_time(lambda: sum(range(n)), repeats=a.repeats)
     table = markdown_table(["op", "median ms", "repeats"], [[f"sum({n})", f"{t['median_s']*1e3:.3f}", a.repeats]])
-    print(table)
-    if a.out:
-        write_section(a.out, "Tiny sum", table, command=command_line(argv, "tiny_sum.py"))
+    publish(table, out=a.out, title="Tiny sum", script="tiny_sum.py", argv=argv)
     return 0
 
 if __name__ == "__main__":
     sys.exit(main())
 '''
+
+
+def test_harness_times_paths_interleaved_after_a_warm_up():
+    from pipeline.benchmark.harness import median_time, time_paths
+
+    calls: list[str] = []
+    times = time_paths({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up call each, then round robin
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    syncs: list[int] = []
+    t = median_time(lambda: 42, repeats=2, warmup=0, sync=lambda: syncs.append(1))
+    assert t["result"] == 42 and t["repeats"] == 2 and len(t["times_s"]) == 2 and len(syncs) == 4
+    with pytest.raises(ValueError, match="repeats"):
+        median_time(lambda: None, repeats=0)
+
+
+def test_harness_threads_options_and_section(tmp_path, capsys):
+    import torch
+
+    from pipeline.benchmark.harness import publish, script_parser, torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(before + 1) as n:
+        assert n == torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    parser = script_parser("Tiny benchmark.\n\nMore text.", quick="smoke run")
+    args = parser.parse_args(["--quick", "--repeats", "5", "--out", str(tmp_path / "s.md")])
+    assert (args.quick, args.repeats, parser.description) == (True, 5, "Tiny benchmark.")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--repeats", "0"])
+    table = markdown_table(["op", "s"], [["sum", "1.0"]])
+    publish(table, out=args.out, title="Tiny", script="/x/benchmarks/tiny.py", argv=["--quick"], details=["n = 3"])
+    assert capsys.readouterr().out.strip() == table
+    lines = args.out.read_text().splitlines()
+    assert lines[0] == "## Tiny" and "script=tiny " in lines[2]
+    assert lines[4] == "- command: `python benchmarks/tiny.py --quick`"
+    assert lines[6].startswith("- machine: ") and lines[7].startswith("- versions: torch ")
+    assert lines[8] == "- n = 3" and lines[10:12] == table.splitlines()[:2]
 
 
 def test_suite_runs_scripts_and_regenerates_results(tmp_path):

@@ -141,12 +141,12 @@ def test_train_loss_is_logged_as_a_scalar(name):
     parser = ConfigParser()
     parser.read_config(str(bundle_dir(name) / "configs" / "train.json"))
     assert parser.get_parsed_content("train#trainer#decollate", instantiate=False) is False
-    handlers = parser.get("train#handlers")
-    loss_handlers = [i for i, h in enumerate(handlers) if h.get("tag_name") == "train_loss"]
+    handlers = parser.get("train#handlers_by_name")  # the trainer attaches these, by name
+    loss_handlers = [key for key, h in handlers.items() if h.get("tag_name") == "train_loss"]
     assert loss_handlers, f"{name}: no train_loss Stats/TensorBoard handler"
     output = {"loss": torch.tensor(0.25), "pred": torch.zeros(1, 2, 4, 4, 4), "label": torch.zeros(1, 1, 4, 4, 4)}
-    for i in loss_handlers:
-        transform = parser.get_parsed_content(f"train#handlers#{i}#output_transform")
+    for key in loss_handlers:
+        transform = parser.get_parsed_content(f"train#handlers_by_name#{key}#output_transform")
         value = transform(output)
         assert isinstance(value, (float, torch.Tensor)) and torch.as_tensor(value).ndim == 0, (name, value)
         assert float(value) == pytest.approx(0.25)

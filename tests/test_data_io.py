@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.data.inputs import list_inference_inputs
-from pipeline.data.io import SimpleITKReader, case_name, image_suffix, load_volume
+from pipeline.data.io import SimpleITKReader, load_volume
+from pipeline.data.naming import case_name, image_suffix
 from pipeline.errors import InputDataError
 
 from _data_utils import LPS_AFFINE, write_nifti

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
+from pipeline.data.naming import case_id, pair_cases
 from pipeline.errors import InputDataError, UsageError
 from pipeline.evaluation import evaluate_case, resolve_classes
 from pipeline.evaluation.folders import evaluate_folders
-from pipeline.evaluation.io import case_id, pair_cases
 
 
 # ------------------------------------------------------------------------------------------------------ pairing rules

@@ -234,3 +234,44 @@ def test_streaming_rows_carry_and_gaps_equal_monai():
             z, net2d, streaming=True
         )
     assert torch.equal(got2d.long(), ref2d)
+
+
+class _RecordingBackend:
+    """A backend as issue 15 will add one: a plain callable (not an ``nn.Module``) that records what it is given."""
+
+    def __init__(self, net: nn.Module, form: str) -> None:
+        self.net, self.form = net, form
+        self.calls: list[tuple[tuple[int, ...], torch.dtype, bool]] = []
+
+    def __call__(self, batch: torch.Tensor):
+        self.calls.append((tuple(batch.shape), batch.dtype, torch.is_grad_enabled()))
+        y = self.net(batch)
+        if self.form == "dict":
+            return {"logits": y, "z_aux": y[:, :1]}  # the first key in sorted order is used
+        if self.form == "list":  # deep supervision: full resolution first, then a half-resolution head
+            return [y, y[:, :, ::2, ::2, ::2]]
+        return y
+
+
+@pytest.mark.parametrize("form", ["tensor", "dict", "list"])
+def test_backend_callable_gets_window_batches_and_may_return_dict_or_list(form):
+    net = tiny_net(4)
+    x = torch.rand(1, 1, 30, 21, 17, generator=torch.Generator().manual_seed(10))
+    engine = SlidingWindowEngine((16, 16, 16), overlap=0.5, sw_batch_size=3)
+    n_windows = len(plan_windows(x.shape[2:], (16, 16, 16), 0.5).slices)  # 3 x 2 x 2 = 12: four calls of 3
+    with torch.no_grad():
+        ref_logits = engine(x, net)
+        ref_labels = engine.predict_labels(x, net)
+    for run in ("logits", "plain", "streamed"):
+        backend = _RecordingBackend(net, form)
+        if run == "logits":
+            assert torch.equal(engine(x, backend), ref_logits)  # autograd is on here: the engine turns it off
+        else:
+            assert torch.equal(engine.predict_labels(x, backend, streaming=run == "streamed"), ref_labels)
+        assert len(backend.calls) == -(-n_windows // 3) == 4
+        assert all(c == ((3, 1, 16, 16, 16), torch.float32, False) for c in backend.calls), backend.calls
+    # every window skipped: one probe call gives the class count, whatever the output form
+    backend = _RecordingBackend(net, form)
+    logits = SlidingWindowEngine((16, 16, 16), skip_below=1.0)(x, backend)
+    assert logits.shape == (1, 4, 30, 21, 17) and (logits.argmax(1) == 0).all()
+    assert backend.calls == [((1, 1, 16, 16, 16), torch.float32, False)]

@@ -21,7 +21,7 @@ from pipeline.training import (
     poly_lr,
 )
 from pipeline.training.bundle import bundle_root, split_datalist
-from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.checkpoint import load_training_state
 from pipeline.training.cli import parse_overrides
 
 
@@ -79,7 +79,7 @@ def test_checkpoint_roundtrip_keeps_previous_and_resumes(tmp_path):
     ResumableCheckpoint(tmp_path, {"model": net, "optimizer": opt, "lr_scheduler": sched}).attach(engine)
     EpochSeeder(seed=3).attach(engine)
     engine.run(range(5), max_epochs=2)
-    ckpt, path = load_checkpoint(tmp_path)
+    ckpt, path = load_training_state(tmp_path)
     assert path.name == "checkpoint.pt" and ckpt["trainer"]["epoch"] == 2 and ckpt["trainer"]["iteration"] == 10
     prev = torch.load(tmp_path / "checkpoint_prev.pt", weights_only=True)
     assert prev["trainer"]["epoch"] == 1
@@ -97,10 +97,10 @@ def test_checkpoint_roundtrip_keeps_previous_and_resumes(tmp_path):
     assert sched2.last_epoch == 4
     # a truncated newest checkpoint falls back to the previous one
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
-    assert load_checkpoint(tmp_path)[1].name == "checkpoint_prev.pt"
+    assert load_training_state(tmp_path)[1].name == "checkpoint_prev.pt"
     (tmp_path / "checkpoint_prev.pt").write_bytes(b"garbage")
     with pytest.raises(ModelError, match="cannot read the training checkpoint"):
-        load_checkpoint(tmp_path)
+        load_training_state(tmp_path)
 
 
 def test_checkpoint_that_does_not_fit_is_a_model_error(tmp_path):
@@ -127,30 +127,24 @@ def test_parse_overrides():
 
 
 def test_bundle_root_follows_the_config_file(tmp_path):
-    from monai.bundle import ConfigWorkflow
+    """``python -m monai.bundle run`` from another folder, with the CLI's list form and a relative path: the root is
+    the config's bundle, read from the command line (no call-stack inspection)."""
+    import subprocess
+    import sys
 
     bundle = tmp_path / "my_bundle"
     (bundle / "configs").mkdir(parents=True)
     cfg = {
         "imports": ["$import pipeline", "$import pipeline.training.bundle"],
         "bundle_root": "$pipeline.training.bundle.bundle_root('unknown_name')",
-        "run": ["$@bundle_root"],
+        "run": ["$print('BUNDLE_ROOT=' + @bundle_root)"],
     }
     (bundle / "configs" / "inference.json").write_text(json.dumps(cfg))
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        wf = ConfigWorkflow(
-            config_file=str(bundle / "configs" / "inference.json"),
-            workflow_type="infer",
-            logging_file=False,
-            meta_file=None,
-        )
-        wf.initialize()
-        assert wf.run() == [str(bundle.resolve())]
-    finally:
-        os.chdir(old)
-    # outside any MONAI workflow: the project's bundle of that name, else the working directory
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['my_bundle/configs/inference.json']"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"BUNDLE_ROOT={bundle.resolve()}" in res.stdout.splitlines()
+    # outside a monai.bundle process: the project's bundle of that name, else the working directory
     assert bundle_root("unetrpp_hippocampus_mri_segmentation").endswith("unetrpp_hippocampus_mri_segmentation")
     assert bundle_root("no_such_bundle") == os.getcwd()
 
@@ -181,7 +175,7 @@ def test_progress_bar_shows_the_loss_only_when_enabled(setting, env, shown, caps
 
 
 def test_learning_curve_from_a_resumed_log(tmp_path):
-    from pipeline.training.curve import main, markdown_table, read_epochs
+    from pipeline.training.curve import epoch_table, main, read_epochs
 
     log = tmp_path / "training_log.jsonl"
     records = [
@@ -193,7 +187,7 @@ def test_learning_curve_from_a_resumed_log(tmp_path):
     log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     epochs = read_epochs(log)
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
-    table = markdown_table(epochs).splitlines()
+    table = epoch_table(epochs).splitlines()
     assert table[0].startswith("| epoch | iterations |") and "mean_dice" in table[0]
     assert table[3] == "| 2 | 4 | 0.6000 | 0.7100 | 4 |" and table[4] == "| 3 | 6 | 0.5000 | - | 4 |"
     png = tmp_path / "curve.png"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import InputDataError, ModelError
-from pipeline.networks import create_network, get_preset
+from pipeline.networks import create_network, get_preset, list_networks
 from pipeline.networks.unetrpp import (
     UNETRPP,
     EPABlock,
@@ -144,19 +145,41 @@ def test_output_shapes_train_and_eval(deep_supervision):
     assert ("out2.conv.conv.weight" in net.state_dict()) == deep_supervision
 
 
-def test_input_order_xyz_is_a_pure_axis_permutation():
+def test_xyz_is_the_default_and_a_pure_axis_permutation_of_the_official_order():
+    """The default takes MONAI (x, y, z) tensors with img_size/stem_stride in (x, y, z); with the same state dict it
+    equals the official (z, y, x) network on the permuted input (non-cubic patch, anisotropic stem)."""
     torch.manual_seed(0)
-    zyx = UNETRPP(**SMALL).eval()
-    xyz = UNETRPP(**SMALL, input_order="xyz").eval()
-    xyz.load_state_dict(zyx.state_dict(), strict=True)  # same keys and shapes
-    x = torch.randn(1, 1, 16, 32, 32)
+    xyz_args = {**SMALL, "img_size": (32, 48, 16), "stem_stride": (2, 2, 1)}
+    xyz = UNETRPP(**xyz_args).eval()
+    zyx = UNETRPP(**{**xyz_args, "img_size": (16, 48, 32), "stem_stride": (1, 2, 2), "input_order": "zyx"}).eval()
+    assert xyz.input_order == "xyz" and xyz.expected_input_size() == (32, 48, 16)
+    assert [(k, v.shape) for k, v in xyz.state_dict().items()] == [(k, v.shape) for k, v in zyx.state_dict().items()]
+    zyx.load_state_dict(xyz.state_dict(), strict=True)
+    x = torch.randn(1, 1, 32, 48, 16)
     with torch.no_grad():
-        ref = zyx.forward_all(x)
-        got = xyz.forward_all(x.permute(0, 1, 4, 3, 2))
-    assert tuple(got[0].shape) == (1, 3, 32, 32, 16)
-    for a, b in zip(ref, got):
-        assert torch.allclose(a.permute(0, 1, 4, 3, 2), b, atol=1e-5)
-    assert xyz.expected_input_size() == (32, 32, 16)
+        got = xyz.forward_all(x)
+        ref = zyx.forward_all(x.permute(0, 1, 4, 3, 2))
+    assert tuple(got[0].shape) == (1, 3, 32, 48, 16)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b.permute(0, 1, 4, 3, 2))
+    with pytest.raises(InputSizeError, match=r"\(32, 48, 16\) \(xyz\), got \(16, 48, 32\)"):
+        xyz(x.permute(0, 1, 4, 3, 2))
+
+
+def test_registry_builds_official_presets_in_either_order():
+    """``input_order="xyz"`` on an official (z, y, x) preset reverses its per-axis arguments; overrides are xyz."""
+    official = create_network("unetrpp_lung")
+    monai = create_network("unetrpp_lung", input_order="xyz")
+    assert (official.img_size, official.stem_stride) == ((32, 192, 192), (1, 4, 4))
+    assert (monai.img_size, monai.stem_stride) == ((192, 192, 32), (4, 4, 1))
+    assert get_preset("unetrpp_lung").roi_size_in("xyz") == (192, 192, 32)
+    assert [(k, v.shape) for k, v in monai.state_dict().items()] == [
+        (k, v.shape) for k, v in official.state_dict().items()
+    ]
+    small = create_network("unetrpp_lung", input_order="xyz", img_size=(64, 64, 16), dims=(16, 16, 32, 32))
+    assert small.expected_input_size() == (64, 64, 16) and small.grids[0] == (16, 16, 16)
+    with pytest.raises(ValueError, match="axes must be one of"):
+        create_network("unetrpp_lung", input_order="yxz")
 
 
 def test_wrong_input_size_names_expected_size():
@@ -188,7 +211,7 @@ def test_bundle_style_dotted_target():
 # ------------------------------------------------------------------------------------------------------------- export
 def test_torchscript_trace_and_torch_export():
     torch.manual_seed(0)
-    net = UNETRPP(**SMALL, input_order="xyz").eval()
+    net = UNETRPP(**{**SMALL, "img_size": (32, 32, 16)}).eval()  # default (x, y, z): permutes inside forward
     x = torch.randn(1, 1, 32, 32, 16)
     with torch.no_grad():
         ref = net(x)
@@ -196,6 +219,62 @@ def test_torchscript_trace_and_torch_export():
         assert torch.allclose(traced(x), ref, atol=1e-5)
         exported = torch.export.export(net, (x,))
         assert torch.allclose(exported.module()(x), ref, atol=1e-5)
+
+
+#: small widths for the scripting tests; every other option is the preset's
+SCRIPT_WIDTHS = dict(
+    feature_size=8, dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), proj_size=(16, 16, 16, 8), decoder_proj_size=16
+)
+UNETRPP_PRESETS = [n for n in list_networks() if n.startswith("unetrpp")]
+
+
+def _script_case(name: str, **extra) -> tuple[UNETRPP, torch.Tensor]:
+    """Preset ``name`` at small widths with a patch of twice its total stride, and a batch-2 input."""
+    preset = get_preset(name)
+    stem = preset.kwargs.get("stem_stride", (4, 4, 2))
+    kwargs = {**SCRIPT_WIDTHS, **extra}
+    kwargs["img_size"] = tuple(16 * s for s in (stem if isinstance(stem, (list, tuple)) else (stem,) * 3))
+    torch.manual_seed(0)
+    net = create_network(name, **kwargs)
+    x = torch.randn(2, net.in_channels, *net.img_size, generator=torch.Generator().manual_seed(1))
+    return net, x
+
+
+@pytest.mark.parametrize(
+    "name, extra, fast",
+    [(name, {}, True) for name in UNETRPP_PRESETS]
+    + [
+        ("unetrpp_synapse", {}, False),  # the official op sequence
+        ("unetrpp_acdc", {"ef_mode": "pool", "fusion": "sum", "permute_quirk": False, "deep_supervision": False}, True),
+    ],
+)
+def test_torch_jit_script_presets(name, extra, fast, tmp_path):
+    """MONAI's ckpt_export scripts bundle networks (torch.jit.script, its default): every preset and mode compiles, the
+    scripted network keeps the state dict and, after a save/load, reproduces the eager outputs (the deep-supervision
+    heads in training mode) and raises the eager network's size error.
+
+    The scripted calls skip TorchScript's optimisation passes (seconds per graph); test_bundle_modelzoo.py runs exported
+    networks with the default executor."""
+    net, x = _script_case(name, **extra)
+    net.set_fast(fast).eval()
+    scripted = torch.jit.script(net)
+    assert list(scripted.state_dict()) == list(net.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(scripted.state_dict().values(), net.state_dict().values()))
+    path = tmp_path / "net.ts"
+    torch.jit.save(scripted, str(path))
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        assert torch.allclose(loaded(x), net(x), atol=1e-5, rtol=1e-4)
+        heads = loaded.train()(x)
+        wrong = torch.zeros(1, net.in_channels, *[s * 2 for s in net.img_size])
+        if net.resolution_agnostic:  # any multiple of the strides runs; a non-multiple is refused
+            wrong = torch.zeros(1, net.in_channels, *[s + 1 for s in net.img_size])
+        with pytest.raises(torch.jit.Error, match="InputSizeError: .*" + re.escape(str(tuple(wrong.shape[2:])))):
+            loaded.eval()(wrong)
+    if net.deep_supervision:
+        assert [tuple(h.shape[:2]) for h in heads] == [(2, net.out_channels)] * 3
+    else:
+        assert isinstance(heads, torch.Tensor) and heads.shape == (2, net.out_channels, *net.img_size)
 
 
 # -------------------------------------------------------------------------------------------------------- checkpoints
@@ -308,10 +387,12 @@ def test_importer_writes_bundle_weights_and_preprocessing(tmp_path, monkeypatch)
     monkeypatch.setitem(
         registry._PRESETS,
         "unetrpp_small_test",
-        registry.Preset("unetrpp_small_test", UNETRPP, dict(SMALL), "", (16, 32, 32), "zyx"),
+        registry.Preset(
+            "unetrpp_small_test", UNETRPP, dict(SMALL, input_order="zyx"), "", (16, 32, 32), "zyx", ("img_size",)
+        ),
     )
     torch.manual_seed(0)
-    src = UNETRPP(**SMALL)
+    src = UNETRPP(**SMALL, input_order="zyx")
     ck = tmp_path / "fold_0" / "model_final_checkpoint.model"
     ck.parent.mkdir()
     _official_like_checkpoint(src, ck)

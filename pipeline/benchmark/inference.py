@@ -1,23 +1,20 @@
-"""Build a bundle's network for ``medseg benchmark`` and run the project's inference on one case at a time, timed.
+"""Build a bundle's network for ``medseg benchmark``, with a timer on the network callable.
 
-The bundle's ``configs/inference.json`` gives ``network_def``, ``preprocessing`` (a Compose starting with
-``LoadImaged``) and the ``inferer``'s window settings; they are parsed with MONAI's ``ConfigParser`` (so ``--roi-size``
-rebuilds networks whose size follows the ROI, and untrained smoke runs keep the seeded random initialisation).
-Inference itself is :func:`pipeline.inference.runner.predict_case` (the engine ``medseg infer`` uses: sliding
-window, optional mirroring TTA, inversion to the original grid) and the label map is written with
-:func:`pipeline.inference.runner.save_label_nifti` (atomic). Stages (seconds, per case):
+The bundle's ``configs/inference.json`` gives ``network_def``, ``preprocessing`` and the ``inferer``'s window settings
+(:func:`pipeline.inference.loading.load_model`; ``--roi-size`` rebuilds networks whose size follows the ROI, and
+untrained smoke runs keep the seeded random initialisation). The benchmark then runs
+:func:`pipeline.inference.infer_cases` (the code of ``medseg infer``) with :meth:`TimedNetwork.measure` as its
+``timing_hook``, so each case's sidecar records the seconds spent inside the network. :func:`stage_timings` turns a
+sidecar's ``timings_s`` into the report's stages (seconds, per case):
 
-* ``preprocessing``: loading and the bundle's preprocessing;
+* ``preprocessing``: loading and the bundle's preprocessing (and the foreground mask, when windows are skipped);
 * ``network``: time spent inside the network's forward calls (summed over windows; CUDA synchronised);
 * ``stitching``: the rest of the sliding-window call (window extraction, padding, Gaussian blending);
 * ``postprocessing``: softmax, inversion to the original grid, argmax, optional post-processing and the save.
 
 Examples:
-    >>> from pipeline.benchmark.inference import open_model
-    >>> m = open_model("bundles/unetrpp_hippocampus_mri_segmentation", None)  # doctest: +SKIP
-    >>> r = m.predict({"image": "hippocampus_001.nii.gz", "case": "hippocampus_001"}, "preds")  # doctest: +SKIP
-    >>> sorted(r.timings)  # doctest: +SKIP
-    ['network', 'postprocessing', 'preprocessing', 'stitching']
+    >>> stage_timings({"load_preprocess": 0.5, "network": 2.0, "sliding_window": 2.25, "invert": 0.25, "save": 0.25})
+    {'preprocessing': 0.5, 'network': 2.0, 'stitching': 0.25, 'postprocessing': 0.5}
 """
 
 from __future__ import annotations
@@ -25,26 +22,15 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.errors import InputDataError, ModelError
-from pipeline.utils.atomic import save_json_atomic
-
 INFERENCE_CONFIG = Path("configs") / "inference.json"
-
-
-@dataclass
-class CaseInference:
-    """One case's prediction file and stage timings (seconds)."""
-
-    prediction: Path
-    timings: dict[str, float]
-    reused: bool = False
 
 
 class TimedNetwork(torch.nn.Module):
@@ -65,6 +51,28 @@ class TimedNetwork(torch.nn.Module):
             torch.cuda.synchronize(x.device)
         self.seconds += time.perf_counter() - t0
         return y
+
+    @contextmanager
+    def measure(self) -> Iterator[dict[str, float]]:
+        """Time one case: yields a dict that holds ``{"network": seconds}`` once the block exits (the
+        ``timing_hook`` of :func:`pipeline.inference.infer_cases`)."""
+        self.seconds = 0.0
+        stages: dict[str, float] = {}
+        try:
+            yield stages
+        finally:
+            stages["network"] = self.seconds
+
+
+def stage_timings(raw: Mapping[str, float]) -> dict[str, float]:
+    """The report's stages from an inference sidecar's ``timings_s`` (see the module docstring)."""
+    network = float(raw.get("network", 0.0))
+    return {
+        "preprocessing": raw.get("load_preprocess", 0.0) + raw.get("foreground_mask", 0.0),
+        "network": network,
+        "stitching": max(0.0, raw.get("sliding_window", 0.0) - network),
+        "postprocessing": raw.get("invert", 0.0) + raw.get("postprocess", 0.0) + raw.get("save", 0.0),
+    }
 
 
 @dataclass
@@ -89,62 +97,6 @@ class BundleModel:
         with torch.no_grad():
             self.timer.net(torch.zeros((1, channels, *self.loaded.roi_size), device=self.loaded.device))
         return time.perf_counter() - t0
-
-    def predict(self, item: Mapping[str, Any], pred_dir: str | Path, *, overwrite: bool = False) -> CaseInference:
-        """Predict ``item["image"]``; write ``<pred_dir>/<case>.nii.gz`` (original grid) and a JSON sidecar.
-
-        An existing prediction with its sidecar is reused (its recorded timings are returned) unless ``overwrite``.
-
-        Raises:
-            InputDataError: the image cannot be read or transformed.
-            ModelError: the network fails on it.
-        """
-        from pipeline.inference.runner import make_engine, predict_case, save_label_nifti
-
-        case = str(item.get("case") or Path(str(item["image"])).name.split(".")[0])
-        out = Path(pred_dir) / f"{case}.nii.gz"
-        side = Path(pred_dir) / f"{case}.json"
-        if not overwrite and out.is_file() and side.is_file():
-            try:
-                timings = {k: float(v) for k, v in json.loads(side.read_text())["timings"].items()}
-                return CaseInference(out, timings, reused=True)
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # unreadable sidecar: predict again
-        self.timer.seconds = 0.0
-        engine = make_engine(self.loaded, self.inference_settings)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = predict_case(str(item["image"]), self.loaded, self.inference_settings, engine)
-        except (InputDataError, ModelError):
-            raise
-        except RuntimeError as exc:
-            msg = " ".join(str(exc).split())[:300]
-            raise ModelError(f"inference failed on this image ({msg})", path=item["image"]) from exc
-        t1 = time.perf_counter()
-        save_label_nifti(res["labels"], res["affine"], out, n_classes=self.loaded.out_channels)
-        t_save = time.perf_counter() - t1
-        raw = dict(res["timings"])
-        network = self.timer.seconds
-        timings = {
-            "preprocessing": raw.get("load_preprocess", 0.0) + raw.get("foreground_mask", 0.0),
-            "network": network,
-            "stitching": max(0.0, raw.get("sliding_window", 0.0) - network),
-            "postprocessing": raw.get("invert", 0.0) + raw.get("postprocess", 0.0) + t_save,
-        }
-        save_json_atomic(
-            {
-                "case": case,
-                "image": str(item["image"]),
-                "prediction": str(out),
-                "timings": timings,
-                "inference_timings": raw,
-                "windows": res.get("windows", {}),
-                "settings": self.settings,
-            },
-            side,
-        )
-        return CaseInference(out, timings)
 
 
 def open_model(

@@ -6,11 +6,11 @@ are printed beside ours "as published". A report made from untrained (random) we
 Markdown section, in a JSON field and in a CSV column plus a leading comment line.
 
 Examples:
-    >>> from pipeline.benchmark.report import BenchmarkReport, CaseResult
+    >>> from pipeline.benchmark.report import BenchmarkReport, BenchmarkCaseResult
     >>> from pipeline.benchmark.published import ClassColumn
     >>> r = BenchmarkReport(bundle="demo", dataset="/data/x", split="test", protocol="strict",
     ...                     classes=[ClassColumn(1, "A", "anterior")],
-    ...                     cases=[CaseResult("c1", dice={1: 0.5}, hd95={1: 2.0}, timings={"network": 1.0})])
+    ...                     cases=[BenchmarkCaseResult("c1", dice={1: 0.5}, hd95={1: 2.0}, timings={"network": 1.0})])
     >>> r.class_means()[1]["dice"]
     0.5
     >>> "| c1 |" in r.to_markdown()
@@ -23,14 +23,15 @@ import csv
 import io
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark.environment import stamp_line
 from pipeline.benchmark.published import COMPARABLE_PRESET, PUBLISHED_PROTOCOLS, ClassColumn, PublishedTable
 from pipeline.utils.atomic import atomic_path, save_json_atomic
+from pipeline.utils.environment import stamp_line
+from pipeline.utils.tables import markdown_table
 
 #: timing stages in report order; inference sidecars provide the first four, the benchmark times ``metrics``
 STAGES: tuple[str, ...] = ("preprocessing", "network", "stitching", "postprocessing", "metrics")
@@ -60,7 +61,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 @dataclass
-class CaseResult:
+class BenchmarkCaseResult:
     """Scores and timings of one case.
 
     Attributes:
@@ -96,7 +97,7 @@ class BenchmarkReport:
     split: str
     protocol: str
     classes: list[ClassColumn]
-    cases: list[CaseResult] = field(default_factory=list)
+    cases: list[BenchmarkCaseResult] = field(default_factory=list)
     untrained: bool = False
     model: str = ""
     weights: str | None = None
@@ -115,7 +116,7 @@ class BenchmarkReport:
 
     # --- aggregation ------------------------------------------------------------------------------------------------
     @property
-    def ok_cases(self) -> list[CaseResult]:
+    def ok_cases(self) -> list[BenchmarkCaseResult]:
         return [c for c in self.cases if c.status == "ok"]
 
     def class_means(self) -> dict[int, dict[str, Any]]:
@@ -283,32 +284,22 @@ class BenchmarkReport:
         order = "paper column order" if self.published is not None else "dataset label order"
         w(f"## {self._mark(f'Per-class results ({order})')}\n\n")
         head = ["Method", "Source", "Protocol", *[c.short for c in cols], f"HD95 ({self.hd95_unit})", "DSC"]
-        w("| " + " | ".join(head) + " |\n")
-        w("|" + "---|" * len(head) + "\n")
         ours = "ours" + (" (UNTRAINED)" if self.untrained else "")
-        w(
-            "| "
-            + " | ".join(
-                [
-                    f"**{ours}**",
-                    f"this run, {self.split}",
-                    self.protocol,
-                    *[_pct(means[c.label]["dice"]) for c in cols],
-                    _fmt(mean["hd95"]),
-                    f"**{_pct(mean['dice'])}**",
-                ]
-            )
-            + " |\n"
-        )
+        rows = [
+            [
+                f"**{ours}**",
+                f"this run, {self.split}",
+                self.protocol,
+                *[_pct(means[c.label]["dice"]) for c in cols],
+                _fmt(mean["hd95"]),
+                f"**{_pct(mean['dice'])}**",
+            ]
+        ]
         if self.published is not None:
             for r in self.published.rows:
                 cells = [_fmt(r.dsc.get(c.label)) for c in cols]
-                w(
-                    "| "
-                    + " | ".join([r.method, "as published", r.protocol, *cells, _fmt(r.mean_hd95), _fmt(r.mean_dsc)])
-                    + " |\n"
-                )
-        w("\n")
+                rows.append([r.method, "as published", r.protocol, *cells, _fmt(r.mean_hd95), _fmt(r.mean_dsc)])
+        w(markdown_table(head, rows) + "\n\n")
         w(
             "Per class, cases counted (DSC/HD95): "
             + ", ".join(f"{c.short} {means[c.label]['n_dice']}/{means[c.label]['n_hd95']}" for c in cols)
@@ -341,37 +332,23 @@ class BenchmarkReport:
         # per case
         w(f"## {self._mark('Per-case results')}\n\n")
         head = ["Case", "Status", *[f"{c.short} DSC" for c in cols], "mean DSC", f"mean HD95 ({self.hd95_unit})"]
-        w("| " + " | ".join(head) + " |\n")
-        w("|" + "---|" * len(head) + "\n")
+        rows = []
         for c in self.cases:
             if c.status != "ok":
-                w(
-                    "| "
-                    + " | ".join([c.case, f"failed: {c.error or ''}".replace("|", "/"), *[""] * (len(cols) + 2)])
-                    + " |\n"
-                )
+                rows.append([c.case, f"failed: {c.error or ''}".replace("|", "/"), *[""] * (len(cols) + 2)])
                 continue
             d = [_num(c.dice.get(k.label)) for k in cols]
             h = [_num(c.hd95.get(k.label)) for k in cols]
-            w("| " + " | ".join([c.case, "ok", *[_pct(v) for v in d], _pct(_mean(d)), _fmt(_mean(h))]) + " |\n")
-        w("\n")
+            rows.append([c.case, "ok", *[_pct(v) for v in d], _pct(_mean(d)), _fmt(_mean(h))])
+        w(markdown_table(head, rows) + "\n\n")
 
         # timings
         stages = self.stage_names()
         w(f"## {self._mark('Timings per case and stage (s)')}\n\n")
-        head = ["Case", *stages, "total"]
-        w("| " + " | ".join(head) + " |\n")
-        w("|" + "---|" * len(head) + "\n")
-        for c in self.ok_cases:
-            w(
-                "| "
-                + " | ".join([c.case, *[_fmt(c.timings.get(s), 3) for s in stages], _fmt(c.total_seconds, 3)])
-                + " |\n"
-            )
+        rows = [[c.case, *[_fmt(c.timings.get(s), 3) for s in stages], _fmt(c.total_seconds, 3)] for c in self.ok_cases]
         summ = self.timing_summary()
-        for stat in ("median", "mean"):
-            w("| " + " | ".join([f"*{stat}*", *[_fmt(summ[s][stat], 3) for s in [*stages, "total"]]]) + " |\n")
-        w("\n")
+        rows += [[f"*{stat}*", *[_fmt(summ[s][stat], 3) for s in [*stages, "total"]]] for stat in ("median", "mean")]
+        w(markdown_table(["Case", *stages, "total"], rows) + "\n\n")
         if self.wall_seconds is not None:
             w(f"Wall time of the whole benchmark: {self.wall_seconds:.1f} s.\n\n")
 
@@ -386,9 +363,7 @@ class BenchmarkReport:
         w(f"## {self._mark('Hardware and software')}\n\n")
         if self.environment:
             w(f"{stamp_line(self.environment)}\n\n")
-            w("| key | value |\n|---|---|\n")
-            for k, v in self.environment.items():
-                w(f"| {k} | {v} |\n")
+            w(markdown_table(["key", "value"], [[k, str(v)] for k, v in self.environment.items()]) + "\n")
         w("\n")
         if self.notes:
             w(f"## {self._mark('Notes')}\n\n")
@@ -489,47 +464,3 @@ def _pct(x: Any) -> str:
 def _csvnum(x: Any) -> str:
     v = _num(x)
     return "" if v is None else f"{v:.6g}"
-
-
-def report_from_dict(d: Mapping[str, Any]) -> BenchmarkReport:
-    """Rebuild a report from :meth:`BenchmarkReport.to_dict` output (published rows are looked up by table key)."""
-    from pipeline.benchmark.published import PUBLISHED_TABLES
-
-    pub = d.get("published")
-    cases = [
-        CaseResult(
-            case=c["case"],
-            status=c.get("status", "ok"),
-            error=c.get("error"),
-            image=c.get("image", ""),
-            label=c.get("label", ""),
-            prediction=c.get("prediction", ""),
-            dice={int(k): v for k, v in c.get("dice", {}).items()},
-            hd95={int(k): v for k, v in c.get("hd95", {}).items()},
-            timings=dict(c.get("timings", {})),
-        )
-        for c in d.get("cases", [])
-    ]
-    return BenchmarkReport(
-        bundle=d["bundle"],
-        dataset=d["dataset"],
-        split=d["split"],
-        protocol=d["protocol"],
-        classes=[ClassColumn(**c) for c in d["classes"]],
-        cases=cases,
-        untrained=bool(d.get("untrained")),
-        model=d.get("model", ""),
-        weights=d.get("weights"),
-        layout=d.get("layout", ""),
-        split_note=d.get("split_note", ""),
-        protocol_description=d.get("protocol_description", ""),
-        hd95_unit=d.get("units", {}).get("hd95", "mm"),
-        published=PUBLISHED_TABLES.get(pub["table"]) if pub else None,
-        memory=d.get("memory", {}),
-        environment=d.get("environment", {}),
-        inference_settings=d.get("inference_settings", {}),
-        command=d.get("command", ""),
-        notes=list(d.get("notes", [])),
-        warnings=list(d.get("warnings", [])),
-        wall_seconds=d.get("wall_seconds"),
-    )

@@ -1,12 +1,13 @@
 """``medseg benchmark``: infer a bundle on a dataset split, score it under a protocol, write a paper-style report.
 
 Steps: resolve the bundle and refuse to run without trained weights (unless ``allow_untrained``); read the dataset and
-choose the split (official split for Synapse/BTCV/Lung, the bundle's own held-out list for other datasets); run
-the project's inference case by case (:mod:`pipeline.benchmark.inference`: per-stage timings, the network's forward
-time measured apart from the stitching); score each prediction against its
-label on the original grid with :func:`pipeline.evaluation.evaluate_case` (timed as the ``metrics`` stage); write
-``report.md``, ``report.json``, ``report.csv`` and ``timings.csv``. A case that fails is reported and the others go
-on; the run then exits 1.
+choose the split (official split for Synapse/BTCV/Lung, the bundle's own held-out list for other datasets); predict
+the cases with :func:`pipeline.inference.infer_cases` (``medseg infer``'s code: skipping finished cases, atomic
+``predictions/<case>.nii.gz`` + sidecar; the network's forward time is measured apart from the stitching by
+:class:`pipeline.benchmark.inference.TimedNetwork`); score them on the labels' grids with
+:func:`pipeline.evaluation.evaluate_folders` (``medseg evaluate``'s code; each case's scoring time is the ``metrics``
+stage); write ``report.md``, ``report.json``, ``report.csv`` and ``timings.csv``. A case that fails is reported and
+the others go on; the run then exits 1.
 
 Examples:
     >>> from pipeline.benchmark.runner import BenchmarkOptions, run_benchmark
@@ -22,21 +23,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.benchmark.datasets import Profile, pick_split, profile_for
-from pipeline.benchmark.environment import PeakMemory, system_stamp
-from pipeline.benchmark.report import BenchmarkReport, CaseResult
-from pipeline.errors import InputDataError, ModelError, PipelineError, UsageError
+from pipeline.benchmark.inference import open_model, stage_timings
+from pipeline.benchmark.memory import PeakMemory
+from pipeline.benchmark.report import BenchmarkCaseResult, BenchmarkReport
+from pipeline.data.naming import case_name
+from pipeline.errors import InputDataError, ModelError, UsageError
+from pipeline.evaluation.summary import Summary
+from pipeline.inference.runner import infer_cases
 from pipeline.paths import BUNDLES_DIR, PROJECT_ROOT
 from pipeline.utils.atomic import save_json_atomic
+from pipeline.utils.environment import system_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -217,49 +222,66 @@ def select_cases(opts: BenchmarkOptions, bundle_dir: Path) -> Selection:
     return Selection(profile, name, items, info.layout, "; ".join(notes))
 
 
-# --- scoring ----------------------------------------------------------------------------------------------------------
-def _spacing(affine: np.ndarray) -> tuple[float, ...]:
-    a = np.asarray(affine, float)[:3, :3]
-    return tuple(float(s) for s in np.sqrt((a * a).sum(axis=0)))
+# --- scoring ---------------------------------------------------------------------------------------------------------
+def score_cases(
+    pairs: Sequence[tuple[str, str | Path, str | Path]], labels: Sequence[int], protocol: Any
+) -> tuple[Summary, dict[str, float]]:
+    """Score ``(case, prediction, label)`` files with :func:`pipeline.evaluation.evaluate_folders`, the code of
+    ``medseg evaluate`` (the prediction must be on the label's grid; the spacing is the label header's).
+
+    The files are linked as ``<case><suffix>`` into two temporary folders, so only these pairs are scored, whatever
+    their names; failure messages name the real files. Returns the summary and each case's scoring seconds.
+    """
+    from pipeline.data.naming import image_suffix
+    from pipeline.evaluation import evaluate_folders
+
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="medseg_bench_") as tmp:
+        links: dict[str, str] = {}
+        for role in ("pred", "label"):
+            (Path(tmp) / role).mkdir()
+        for case, pred, label in pairs:
+            for role, src in (("pred", pred), ("label", label)):
+                link = Path(tmp) / role / f"{case}{image_suffix(src) or '.nii.gz'}"
+                link.symlink_to(Path(src).resolve())
+                links[str(link)] = str(src)
+        summary = evaluate_folders(
+            Path(tmp) / "pred", Path(tmp) / "label", protocol, classes=list(labels), workers=1, case_seconds=seconds
+        )
+    for i, (case, error) in enumerate(summary.failures):
+        for linked, src in links.items():
+            error = error.replace(linked, src)
+        summary.failures[i] = (case, error)
+    return summary, seconds
 
 
 def score_case(
     pred_path: str | Path, label_path: str | Path, labels: Sequence[int], protocol: Any
 ) -> tuple[dict[int, float | None], dict[int, float | None]]:
-    """DSC and HD95 per label id of one prediction file against its label file, on the label's grid.
-
-    ``protocol`` is a protocol name or a :class:`pipeline.evaluation.protocols.Protocol`. Both files are read with
-    the same reader, so their arrays share the (x, y, z) order; the prediction must have the
-    label's shape and affine (to 1e-3 mm). The spacing comes from the label header.
+    """DSC and HD95 per label id of one prediction file against its label file (:func:`score_cases`).
 
     Raises:
         InputDataError: unreadable files or a prediction that is not on the label's grid.
     """
-    from pipeline.data.io import load_volume
-    from pipeline.evaluation import evaluate_case
-
-    pred = load_volume(pred_path, dtype=None)
-    lab = load_volume(label_path, dtype=None)
-    if tuple(pred.shape) != tuple(lab.shape):
-        raise InputDataError(
-            f"prediction shape {tuple(pred.shape[1:])} differs from the label's {tuple(lab.shape[1:])} ({label_path})",
-            path=pred_path,
-        )
-    pa, la = np.asarray(pred.affine, float), np.asarray(lab.affine, float)
-    if not np.allclose(pa, la, atol=1e-3):
-        raise InputDataError(
-            f"prediction affine differs from the label's ({label_path}): not on the original grid", path=pred_path
-        )
-    try:
-        rows = evaluate_case(np.asarray(pred[0]), np.asarray(lab[0]), _spacing(la), list(labels), protocol)
-    except ValueError as exc:
-        raise InputDataError(str(exc), path=pred_path) from exc
-    dice = {int(r["class"]): r["dice"] for r in rows}
-    hd95 = {int(r["class"]): r["hd95"] for r in rows}
-    return dice, hd95
+    summary, _ = score_cases([("case", pred_path, label_path)], labels, protocol)
+    if summary.failures:
+        raise InputDataError(summary.failures[0][1])
+    return {r["class"]: r["dice"] for r in summary.rows}, {r["class"]: r["hd95"] for r in summary.rows}
 
 
 # --- the run ----------------------------------------------------------------------------------------------------------
+def _sidecar_timings(path: Path) -> dict[str, float]:
+    """The report's stage timings from an inference sidecar (``timings_s``), or from the ``timings`` that earlier
+    benchmark runs wrote into their own sidecars; empty when the sidecar has neither."""
+    try:
+        side = json.loads(path.read_text())
+        if "timings_s" in side:
+            return stage_timings(side["timings_s"])
+        return {k: float(v) for k, v in side["timings"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def default_out_dir(bundle_dir: Path, data: str | Path, split: str | None) -> Path:
     return PROJECT_ROOT / "outputs" / "benchmark" / f"{bundle_dir.name}-{Path(data).name}-{split or 'auto'}"
 
@@ -282,8 +304,6 @@ def run_benchmark(opts: BenchmarkOptions) -> tuple[BenchmarkReport, dict[str, Pa
     bundle_dir = resolve_bundle(opts.bundle)
     weights = check_weights(bundle_dir, opts.allow_untrained)
     sel = select_cases(opts, bundle_dir)
-    from pipeline.benchmark.inference import CaseInference, open_model
-
     out_dir = Path(opts.out).expanduser() if opts.out else default_out_dir(bundle_dir, opts.data, sel.split)
     pred_dir = out_dir / "predictions"
     fp = _fingerprint(bundle_dir, weights, opts)
@@ -298,32 +318,37 @@ def run_benchmark(opts: BenchmarkOptions) -> tuple[BenchmarkReport, dict[str, Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(fp, fp_file)
 
-    labels = [c.label for c in sel.profile.classes]
-    cases: list[CaseResult] = []
+    items = [{**item, "case": str(item.get("case") or case_name(str(item["image"])))} for item in sel.items]
+    cases: list[BenchmarkCaseResult] = []
     reused: list[str] = []
     with PeakMemory(device=opts.device) as mem:
         model = open_model(bundle_dir, weights, device=opts.device, **opts.inference)
         warm = model.warmup()
-        for item in sel.items:
-            case = str(item.get("case") or Path(str(item["image"])).name)
-            res = CaseResult(case, image=str(item["image"]), label=str(item["label"]))
-            try:
-                inf: CaseInference = model.predict(item, pred_dir, overwrite=opts.overwrite)
-                res.prediction = str(inf.prediction)
-                if inf.reused:
-                    reused.append(case)
-                res.timings.update(inf.timings)
-                t0 = time.perf_counter()
-                res.dice, res.hd95 = score_case(inf.prediction, item["label"], labels, proto)
-                res.timings["metrics"] = time.perf_counter() - t0
-            except PipelineError as exc:
-                res.status, res.error = "failed", str(exc)
-                logger.warning("case %s failed: %s", case, exc)
-            except (RuntimeError, ValueError, MemoryError, OSError) as exc:  # one case must not cost the batch
-                msg = " ".join(str(exc).split())[:300] or type(exc).__name__
-                res.status, res.error = "failed", f"{item['image']}: {type(exc).__name__}: {msg}"
-                logger.warning("case %s failed: %s", case, res.error)
-            cases.append(res)
+        settings = replace(model.inference_settings, overwrite=opts.overwrite)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = infer_cases(items, model.loaded, pred_dir, settings, timing_hook=model.timer.measure)
+        predicted = [(r.case, str(r.output), it["label"]) for r, it in zip(results, items) if r.status != "failed"]
+        labels = [c.label for c in sel.profile.classes]
+        summary, metric_seconds = score_cases(predicted, labels, proto) if predicted else (None, {})
+    failures = dict(summary.failures) if summary else {}
+    for item, r in zip(items, results):
+        res = BenchmarkCaseResult(r.case, image=str(item["image"]), label=str(item["label"]))
+        cases.append(res)
+        if r.status == "failed":
+            res.status, res.error = "failed", r.message
+            continue
+        res.prediction = str(r.output)
+        if r.status == "skipped":
+            reused.append(r.case)
+        res.timings.update(_sidecar_timings(pred_dir / f"{r.case}.json"))
+        if r.case in failures:
+            res.status, res.error = "failed", failures[r.case]
+            continue
+        rows = [row for row in summary.rows if row["case"] == r.case] if summary else []
+        res.dice = {int(row["class"]): row["dice"] for row in rows}
+        res.hd95 = {int(row["class"]): row["hd95"] for row in rows}
+        res.timings["metrics"] = metric_seconds[r.case]
     report = BenchmarkReport(
         bundle=bundle_dir.name,
         dataset=str(Path(opts.data).expanduser().resolve()),

@@ -7,15 +7,13 @@ the marker is optional) under one header stamped with hardware, versions and dat
 live in a notes folder (``benchmarks/notes/<script>.md``), never in the section file a script overwrites; they are
 printed after their section.
 
+Tables are written with :func:`pipeline.utils.tables.markdown_table`.
+
 Examples:
-    >>> from pipeline.benchmark.sections import markdown_table, median_time
-    >>> print(markdown_table(["op", "ms"], [["sum", 1.5]]))
-    | op | ms |
-    |---|---|
-    | sum | 1.5 |
-    >>> t = median_time(lambda: sum(range(1000)), repeats=3)
-    >>> t["repeats"], t["median_s"] > 0
-    (3, True)
+    >>> from pipeline.benchmark.sections import section_markdown
+    >>> text = section_markdown("Tiny", "(table)", command="python t.py", stamp={"date": "2024-01-01"})
+    >>> text.splitlines()[0], text.splitlines()[4]
+    ('## Tiny', '- command: `python t.py`')
 """
 
 from __future__ import annotations
@@ -23,52 +21,17 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import shlex
-import statistics
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark.environment import stamp_line, system_stamp
 from pipeline.utils.atomic import atomic_path
+from pipeline.utils.environment import stamp_line, system_stamp
+from pipeline.utils.tables import markdown_table
 
 MARKER_RE = re.compile(r"<!--\s*medseg-bench-section\s+(?P<body>.*?)\s*-->")
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table; cells are ``str()``-ed, ``None`` prints as ``–`` and ``|`` is escaped."""
-
-    def cell(x: Any) -> str:
-        return "–" if x is None else str(x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        if len(row) != len(headers):
-            raise ValueError(f"markdown_table: row {list(row)!r} has {len(row)} cells for {len(headers)} headers")
-        lines.append("| " + " | ".join(cell(x) for x in row) + " |")
-    return "\n".join(lines)
-
-
-def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
-    """Time ``fn()``: ``warmup`` untimed calls, then the median (and min/max) of ``repeats`` timed calls."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(max(0, warmup)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "repeats": repeats,
-        "times_s": times,
-    }
 
 
 def command_line(argv: Sequence[str] | None = None, script: str | None = None) -> str:
@@ -86,8 +49,10 @@ def section_markdown(
     stamp: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
     script: str | None = None,
+    details: Sequence[str] = (),
 ) -> str:
-    """One results section: heading, marker, command, date, machine line, versions, table, notes."""
+    """One results section: heading, marker, command, date, machine line, versions, ``details`` (more header
+    bullets: the setup of the run), table, notes."""
     st = dict(stamp or system_stamp())
     marker = f"<!-- medseg-bench-section script={script or ''} date={st.get('date', '')} -->"
     parts = [
@@ -99,6 +64,7 @@ def section_markdown(
         f"- date: {st.get('date', '')}",
         f"- machine: {stamp_line(st)}",
         f"- versions: torch {st.get('torch')}, monai {st.get('monai')}, numpy {st.get('numpy')}",
+        *[f"- {d}" for d in details],
         "",
         table.rstrip(),
         "",
@@ -117,9 +83,12 @@ def write_section(
     stamp: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
     script: str | None = None,
+    details: Sequence[str] = (),
 ) -> Path:
     """Write :func:`section_markdown` atomically to ``path`` (the ``--out FILE`` of a benchmark script)."""
-    text = section_markdown(title, table, command=command, stamp=stamp, notes=notes, script=script or Path(path).stem)
+    text = section_markdown(
+        title, table, command=command, stamp=stamp, notes=notes, script=script or Path(path).stem, details=details
+    )
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
@@ -202,7 +171,7 @@ def assemble_results(
         sections: section files, in the order to print them.
         run_log: one mapping per script run in this invocation: ``name``, ``status``, ``seconds``, ``returncode``,
             ``section`` (path or None), ``error`` (short text).
-        stamp: :func:`~pipeline.benchmark.environment.system_stamp` of the suite run (default: now).
+        stamp: :func:`~pipeline.utils.environment.system_stamp` of the suite run (default: now).
         command: the command that produced the file.
         notes_dir: folder of hand-written notes, ``<stem>.md`` for the section ``<stem>.md``.
         stamped: False for an assembly without a suite run to describe: the header then has no date, command,

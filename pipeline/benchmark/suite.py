@@ -32,11 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark.environment import system_stamp
 from pipeline.benchmark.sections import assemble_results, command_line
 from pipeline.errors import UsageError
 from pipeline.paths import PROJECT_ROOT
 from pipeline.utils.atomic import atomic_path, save_json_atomic
+from pipeline.utils.environment import system_stamp
 
 BENCH_DIR = PROJECT_ROOT / "benchmarks"
 #: the other issues' scripts, in the order they are run and printed; other ``benchmarks/*.py`` follow alphabetically

@@ -4,7 +4,9 @@ listing, dataset checks and fingerprints, and the TransUNet label-map derivation
 Modules: :mod:`~pipeline.data.io` (``load_volume``, ``SimpleITKReader``), :mod:`~pipeline.data.inputs`
 (``list_inference_inputs``), :mod:`~pipeline.data.readers` (``read_dataset``, ``DatasetInfo``),
 :mod:`~pipeline.data.check`, :mod:`~pipeline.data.fingerprint`, :mod:`~pipeline.data.transunet` (``derive_label_map``),
-:mod:`~pipeline.data.cli` (``medseg datasets ...``).
+:mod:`~pipeline.data.cli` (``medseg datasets ...``), :mod:`~pipeline.data.geometry` (NIfTI geometry rule,
+``spacing_from_affine``), :mod:`~pipeline.data.naming` (case names, the pairing rules of images, labels and
+predictions).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ outside the declared label set. It also records what a summary table needs: shap
 range and label voxel counts.
 
 :func:`check_dataset` returns a structured :class:`CheckReport`; other commands reuse :func:`check_case` /
-:func:`check_items` to validate their inputs.
+:func:`check_items` to validate their inputs. TransUNet's npz/h5 items (arrays without geometry) are checked by
+:func:`check_transunet_item`.
 
 Examples:
     >>> from pipeline.data.check import check_dataset
@@ -27,8 +28,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.data.geometry import spacing_from_affine
 from pipeline.data.input_report import input_warnings
+from pipeline.data.transunet import TRANSUNET_NUM_CLASSES, load_transunet_item
 from pipeline.errors import InputDataError, PipelineError
+from pipeline.utils.tables import markdown_table
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -110,12 +114,6 @@ class CheckReport:
 
 
 # ------------------------------------------------------------------------------------------------------------ geometry
-def spacing_from_affine(affine: npt.ArrayLike) -> np.ndarray:
-    """Voxel size (mm) along each array axis: the column norms of the affine's 3x3 part."""
-    a = np.asarray(affine, dtype=np.float64)
-    return np.sqrt((a[:3, :3] ** 2).sum(axis=0))
-
-
 def orientation_code(affine: npt.ArrayLike) -> str:
     """Axis codes such as ``RAS`` / ``LPS`` of a RAS-world affine (nibabel convention)."""
     import nibabel as nib
@@ -272,11 +270,40 @@ def check_case(
     return rep
 
 
+def check_transunet_item(item: dict, *, label_ids: Any = None, split: str = "") -> CaseReport:
+    """Check one TransUNet npz/h5 item: readable, 2D slice or 3D volume, same image/label shape, finite image,
+    integer labels within ``label_ids`` (default 0..8). Spacing and orientation are not stored in these files."""
+    rep = CaseReport(case=str(item.get("case")), split=split, image=str(item["image"]), label=item.get("label"))
+    try:
+        img, lab = load_transunet_item(item["image"])
+    except InputDataError as exc:
+        rep.problems.append(f"unreadable: {exc}")
+        return rep
+    rep.shape, rep.channels, rep.dtype, rep.orientation = [int(s) for s in img.shape], 1, str(img.dtype), "zyx"
+    expected_nd = 2 if str(item["image"]).endswith(".npz") else 3
+    if img.ndim != expected_nd:
+        rep.problems.append(f"image has {img.ndim} dimensions {list(img.shape)}, expected {expected_nd}")
+    if lab.shape != img.shape:
+        rep.problems.append(f"label shape {list(lab.shape)} != image shape {list(img.shape)}")
+    if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
+        rep.problems.append(f"image has {int((~np.isfinite(img)).sum())} NaN/Inf voxels")
+    finite = img[np.isfinite(img)] if np.issubdtype(img.dtype, np.floating) else img
+    if finite.size:
+        rep.intensity_min, rep.intensity_max = float(finite.min()), float(finite.max())
+    if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.round(lab)):
+        rep.problems.append("label has non-integer values")
+    values, counts = np.unique(np.round(np.nan_to_num(lab)).astype(np.int64), return_counts=True)
+    rep.label_counts = {int(v): int(c) for v, c in zip(values, counts)}
+    declared = set(range(TRANSUNET_NUM_CLASSES)) if label_ids is None else {int(i) for i in label_ids}
+    bad = sorted(set(rep.label_counts) - declared)
+    if bad:
+        rep.problems.append(f"label values {bad} are not in the declared label set {sorted(declared)}")
+    return rep
+
+
 def _check_job(args: tuple) -> CaseReport:
     item, label_ids, channels, split, axis_order = args
     if axis_order == "zyx":
-        from pipeline.data.transunet import check_transunet_item
-
         return check_transunet_item(item, label_ids=label_ids, split=split)
     return check_case(item, label_ids=label_ids, expected_channels=channels, split=split)
 
@@ -378,7 +405,8 @@ def _fmt_num(v: float | None) -> str:
 
 
 def format_table(report: CheckReport, *, max_rows: int | None = None) -> str:
-    """The summary table (Markdown): case, split, status, shape, spacing, orientation, intensity range, label counts."""
+    """The summary table (Markdown, columns padded to read as plain text): case, split, status, shape, spacing,
+    orientation, intensity range, label counts."""
     head = ["case", "split", "status", "shape", "spacing (mm)", "orient.", "intensity", "label voxels"]
     rows = []
     cases = report.cases if max_rows is None else report.cases[:max_rows]
@@ -401,12 +429,7 @@ def format_table(report: CheckReport, *, max_rows: int | None = None) -> str:
                 counts or "(empty)",
             ]
         )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in rows]
+    lines = [markdown_table(head, rows, pad=True)]
     if max_rows is not None and len(report.cases) > max_rows:
         lines.append(f"... {len(report.cases) - max_rows} more cases")
     return "\n".join(lines)

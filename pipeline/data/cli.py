@@ -83,6 +83,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
 def _cmd_derive(args: argparse.Namespace) -> int:
     from pipeline.data.transunet import derive_label_map
     from pipeline.utils.atomic import save_json_atomic
+    from pipeline.utils.tables import markdown_table
 
     if args.out and Path(args.out).exists() and not args.overwrite:
         print(f"skipped: {args.out} exists (pass --overwrite to recompute it)")
@@ -93,11 +94,11 @@ def _cmd_derive(args: argparse.Namespace) -> int:
         f"cases: {', '.join(result['cases'])}; raw label transpose {at['raw_xyz_transpose']}, "
         f"flips {at['flip_axes_after_transpose']}; overall agreement {result['overall_agreement']:.4f}"
     )
-    print("| TransUNet id | raw id | organ | agreement | voxels |")
-    print("|---|---|---|---|---|")
-    for k, m in result["mapping"].items():
-        agr = "-" if m["agreement"] is None else f"{m['agreement']:.4f}"
-        print(f"| {k} | {m['raw_id']} | {m['name']} | {agr} | {m['voxels']} |")
+    rows = [
+        [k, str(m["raw_id"]), str(m["name"]), "-" if m["agreement"] is None else f"{m['agreement']:.4f}", m["voxels"]]
+        for k, m in result["mapping"].items()
+    ]
+    print(markdown_table(["TransUNet id", "raw id", "organ", "agreement", "voxels"], rows))
     if args.out:
         save_json_atomic(result, args.out)
         print(f"label map written to {args.out}")

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.check import orientation_code, spacing_from_affine
+from pipeline.data.check import orientation_code
+from pipeline.data.geometry import spacing_from_affine
 from pipeline.errors import InputDataError
 
 #: total number of foreground voxels kept for the percentiles (split evenly between cases), as in nnU-Net v2

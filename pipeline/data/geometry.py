@@ -17,7 +17,9 @@ neither usable, ``pixdim`` 0/NaN/Inf      refused: :class:`~pipeline.errors.Inpu
                                           so resampling to a model's spacing or distances in mm would be invented)
 ========================================  ============================================================================
 
-``medseg infer``, ``medseg datasets check`` and ``medseg evaluate`` all read NIfTI through this rule.
+``medseg infer``, ``medseg datasets check`` and ``medseg evaluate`` all read NIfTI through this rule. The voxel size of
+any voxel-to-world matrix (NIfTI, NRRD/MHA, DICOM, a resampled grid) is :func:`spacing_from_affine`, the one spacing
+rule of the project.
 
 Examples:
     >>> import numpy as np, nibabel as nib
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pipeline.errors import InputDataError
 
@@ -48,6 +51,7 @@ __all__ = [
     "quiet_nibabel",
     "read_nifti_header",
     "resolve_nifti_geometry",
+    "spacing_from_affine",
 ]
 
 
@@ -117,6 +121,26 @@ def read_nifti_header(path: str | os.PathLike) -> Any | None:
     return None
 
 
+def spacing_from_affine(affine: npt.ArrayLike) -> np.ndarray:
+    """Voxel size (mm) along each array axis of a voxel-to-world matrix: the norms of the columns of its 3x3 part.
+
+    Every voxel size in the project comes from here (the readers' affine, so a NIfTI follows
+    :func:`resolve_nifti_geometry`): dataset checks and fingerprints, preprocessing summaries, the mm of DSC/HD95 in
+    ``evaluate``, ``benchmark`` and ``demo``, and the resampled grids of ``evaluate --space resampled``.
+
+    Args:
+        affine: a 4x4 (or at least 3x3) matrix, e.g. ``MetaTensor.affine`` or nibabel's ``img.affine``.
+
+    Examples:
+        >>> spacing_from_affine(np.diag([-0.8, 0.8, 3.0, 1.0])).tolist()
+        [0.8, 0.8, 3.0]
+        >>> spacing_from_affine([[0, 0, 2.0, 0], [0, -1.5, 0, 0], [1.5, 0, 0, 0], [0, 0, 0, 1]]).tolist()
+        [1.5, 1.5, 2.0]
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    return np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+
+
 def affine_problem(affine: np.ndarray | None) -> str | None:
     """Why a 4x4 voxel-to-world matrix cannot be used (``"has NaN/Inf entries"``, ``"is not invertible ..."``), or None.
 
@@ -131,9 +155,8 @@ def affine_problem(affine: np.ndarray | None) -> str | None:
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4) or not np.isfinite(a).all():
         return "has NaN/Inf entries"
-    m = a[:3, :3]
-    norms = np.linalg.norm(m, axis=0)
-    if (norms <= 0).any() or abs(np.linalg.det(m)) <= 1e-9 * float(np.prod(norms)):
+    norms = spacing_from_affine(a)
+    if (norms <= 0).any() or abs(np.linalg.det(a[:3, :3])) <= 1e-9 * float(np.prod(norms)):
         return "is not invertible (determinant 0: a zero-length or repeated axis)"
     return None
 
@@ -172,7 +195,7 @@ def resolve_nifti_geometry(header: Any) -> NiftiGeometry:
         why = affine_problem(s_aff)
         if why is None:
             a = np.asarray(s_aff, dtype=np.float64)
-            return NiftiGeometry(a, "sform", tuple(float(v) for v in np.linalg.norm(a[:3, :3], axis=0)[:nsp]))
+            return NiftiGeometry(a, "sform", tuple(float(v) for v in spacing_from_affine(a)[:nsp]))
         skipped.append(f"the sform (sform_code {int(s_code)}) {why}")
     if q_code > 0:
         try:
@@ -182,7 +205,7 @@ def resolve_nifti_geometry(header: Any) -> NiftiGeometry:
         why = affine_problem(q_aff)
         if why is None:
             a = np.asarray(q_aff, dtype=np.float64)
-            spacing = tuple(float(v) for v in np.linalg.norm(a[:3, :3], axis=0)[:nsp])
+            spacing = tuple(float(v) for v in spacing_from_affine(a)[:nsp])
             warning = f"{skipped[0]}; used the qform instead (spacing {_fmt(spacing)} mm)" if skipped else None
             return NiftiGeometry(a, "qform", spacing, warning)
         skipped.append(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.data.io import case_name, describe_read_error, file_kind, image_suffix, is_dicom_series_dir
+from pipeline.data.io import describe_read_error, file_kind, is_dicom_series_dir
+from pipeline.data.naming import case_name, image_suffix
 from pipeline.errors import InputDataError
 
 __all__ = ["list_inference_inputs"]

@@ -29,30 +29,8 @@ from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 from monai.utils.enums import MetaKeys, SpaceKeys
 
+from pipeline.data.naming import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_suffix
 from pipeline.errors import InputDataError, PipelineError
-
-#: NIfTI suffixes (read by nibabel)
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-#: suffixes read by SimpleITK (DICOM series are folders)
-SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-#: every single-file image suffix we accept, longest first so ``.nii.gz`` wins over ``.gz``
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
-
-
-def image_suffix(path: str | os.PathLike) -> str | None:
-    """Return the image suffix of ``path`` (``".nii.gz"``, ``".nrrd"`` ...) or None if it is not an image file."""
-    name = Path(path).name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return None
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """File name without its image suffix (``img0001.nii.gz`` -> ``img0001``); a folder keeps its name."""
-    p = Path(path)
-    suffix = image_suffix(p)
-    return p.name[: -len(suffix)] if suffix and not p.is_dir() else p.name
 
 
 def _read_dicom_series(folder: Path, series_uid: str | None) -> Any:
@@ -139,7 +117,8 @@ class SimpleITKReader(ImageReader):
             block, else the series with the most slices). The chosen series, the others in the folder and any uneven
             slice spacing are stored in the image's metadata (:mod:`pipeline.data.input_report`).
         affine_lps_to_ras: convert the affine to RAS (default, consistent with ``NibabelReader``).
-        strict_suffix: refuse files whose suffix is not in :data:`SITK_SUFFIXES` (folders are always DICOM series).
+        strict_suffix: refuse files whose suffix is not in :data:`pipeline.data.naming.SITK_SUFFIXES` (folders are
+            always DICOM series).
 
     Examples:
         >>> from monai.transforms import LoadImage

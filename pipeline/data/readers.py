@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.io import IMAGE_SUFFIXES, case_name, image_suffix
+from pipeline.data.naming import case_name, image_suffix, pair_labels
 from pipeline.errors import InputDataError, UsageError
 from pipeline.paths import SPLITS_DIR
 
@@ -423,7 +423,8 @@ def read_transunet(path: str | os.PathLike) -> DatasetInfo:
 
 def read_folder(path: str | os.PathLike, *, report_problems: bool = False) -> DatasetInfo:
     """A folder with ``imagesTr``/``labelsTr`` (pairs matched by case name) and/or ``imagesTs``, or a folder/file of
-    images (inference inputs: split ``test``, no labels).
+    images (inference inputs: split ``test``, no labels; images and labels paired by their role words, see
+    :func:`pipeline.data.naming.pair_labels`, go to split ``labelled``).
 
     ``report_problems``: two files for one case name become items with an ``"error"`` entry instead of an
     InputDataError (see :func:`pipeline.data.inputs.list_inference_inputs`); ``datasets check`` reports them per case.
@@ -456,42 +457,6 @@ def read_folder(path: str | os.PathLike, *, report_problems: bool = False) -> Da
         if unlabelled:
             splits["test"] = unlabelled
     return DatasetInfo(layout="folder", root=p, splits=splits, name=p.name)
-
-
-_LABEL_PREFIX = re.compile(r"^(?:labels?|seg|segmentation|mask|gt)[_-]?(.*)$", re.IGNORECASE)
-_LABEL_SUFFIX = re.compile(r"^(.*?)[_-](?:labels?|seg|segmentation|mask|gt)$", re.IGNORECASE)
-_IMAGE_PREFIX = re.compile(r"^(?:ct|mri?|img|image)[_-]?", re.IGNORECASE)
-
-
-def pair_labels(items: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Split plain-folder inputs into labelled pairs and unlabelled images.
-
-    A file named ``label_<key>``/``seg_<key>``/``mask_<key>`` or ``<key>_label``/``<key>_seg``/``<key>_mask`` is the
-    label of the image whose name is ``<key>`` or ``ct_<key>``/``img_<key>``/``image_<key>`` (e.g. the DICOM series
-    ``ct_series`` and ``label_series.nii.gz``); a folder with exactly one image and one label pairs them.
-    """
-    labels, images = {}, []
-    for it in items:
-        m = _LABEL_PREFIX.match(it["case"]) or _LABEL_SUFFIX.match(it["case"])
-        if m and m.group(1):
-            labels[m.group(1)] = it
-        else:
-            images.append(it)
-    if not labels:
-        return [], items
-    labelled, unlabelled = [], []
-    for it in images:
-        key = it["case"]
-        lab = labels.pop(key, None) or labels.pop(_IMAGE_PREFIX.sub("", key), None)
-        if lab is not None:
-            labelled.append({**it, "label": lab["image"]})
-        else:
-            unlabelled.append(it)
-    if len(unlabelled) == 1 and len(labels) == 1 and not labelled:
-        labelled.append({**unlabelled.pop(), "label": next(iter(labels.values()))["image"]})
-        labels.clear()
-    unlabelled += list(labels.values())  # labels without an image are listed as images: check shows them
-    return labelled, unlabelled
 
 
 _READERS = {
@@ -598,7 +563,6 @@ def fold_split(items: list[dict], fold: int) -> tuple[list[dict], list[dict]]:
 __all__ = [
     "BTCV_LABELS",
     "DatasetInfo",
-    "IMAGE_SUFFIXES",
     "apply_split_file",
     "case_number",
     "detect_layout",

@@ -21,7 +21,6 @@ from typing import Any, cast
 
 import numpy as np
 
-from pipeline.data.check import CaseReport
 from pipeline.errors import InputDataError
 
 #: TransUNet's HU window
@@ -68,37 +67,6 @@ def load_transunet_item(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
 def zyx_to_xyz(array: np.ndarray) -> np.ndarray:
     """TransUNet/nnU-Net (z, y, x) array -> MONAI/nibabel (x, y, z) (the inverse of SAMed's transpose(2, 1, 0))."""
     return np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
-
-
-def check_transunet_item(item: dict, *, label_ids: Any = None, split: str = "") -> CaseReport:
-    """Check one TransUNet npz/h5 item: readable, 2D slice or 3D volume, same image/label shape, finite image,
-    integer labels within ``label_ids`` (default 0..8). Spacing and orientation are not stored in these files."""
-    rep = CaseReport(case=str(item.get("case")), split=split, image=str(item["image"]), label=item.get("label"))
-    try:
-        img, lab = load_transunet_item(item["image"])
-    except InputDataError as exc:
-        rep.problems.append(f"unreadable: {exc}")
-        return rep
-    rep.shape, rep.channels, rep.dtype, rep.orientation = [int(s) for s in img.shape], 1, str(img.dtype), "zyx"
-    expected_nd = 2 if str(item["image"]).endswith(".npz") else 3
-    if img.ndim != expected_nd:
-        rep.problems.append(f"image has {img.ndim} dimensions {list(img.shape)}, expected {expected_nd}")
-    if lab.shape != img.shape:
-        rep.problems.append(f"label shape {list(lab.shape)} != image shape {list(img.shape)}")
-    if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
-        rep.problems.append(f"image has {int((~np.isfinite(img)).sum())} NaN/Inf voxels")
-    finite = img[np.isfinite(img)] if np.issubdtype(img.dtype, np.floating) else img
-    if finite.size:
-        rep.intensity_min, rep.intensity_max = float(finite.min()), float(finite.max())
-    if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.round(lab)):
-        rep.problems.append("label has non-integer values")
-    values, counts = np.unique(np.round(np.nan_to_num(lab)).astype(np.int64), return_counts=True)
-    rep.label_counts = {int(v): int(c) for v, c in zip(values, counts)}
-    declared = set(range(TRANSUNET_NUM_CLASSES)) if label_ids is None else {int(i) for i in label_ids}
-    bad = sorted(set(rep.label_counts) - declared)
-    if bad:
-        rep.problems.append(f"label values {bad} are not in the declared label set {sorted(declared)}")
-    return rep
 
 
 # ------------------------------------------------------------------------------------------------------ label mapping

@@ -17,10 +17,11 @@ Examples:
 """
 
 from pipeline.evaluation.classes import CLASS_SETS, ClassSet, resolve_classes
-from pipeline.evaluation.folders import Summary, evaluate_folders
+from pipeline.evaluation.folders import evaluate_folders
 from pipeline.evaluation.metrics import evaluate_case
 from pipeline.evaluation.protocols import PROTOCOLS, Protocol, get_protocol
 from pipeline.evaluation.report import write_reports
+from pipeline.evaluation.summary import Summary
 from pipeline.evaluation.surface import SurfaceDistances, surface_distances
 
 __all__ = [

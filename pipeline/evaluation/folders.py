@@ -7,26 +7,26 @@ import math
 import multiprocessing as mp
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeGuard
 
 import numpy as np
 
+from pipeline.data.naming import pair_cases
 from pipeline.errors import InputDataError, PipelineError, UsageError
 from pipeline.evaluation.classes import ClassSet, resolve_classes
-from pipeline.evaluation.io import list_label_files, pair_cases, read_label_map
+from pipeline.evaluation.io import list_label_files, read_label_map
 from pipeline.evaluation.metrics import as_label_map, evaluate_case, image_diagonal
-from pipeline.evaluation.protocols import EXCLUDE, PENALTY_DIAGONAL, Protocol, get_protocol
+from pipeline.evaluation.protocols import Protocol, get_protocol
+from pipeline.evaluation.report import write_reports
 from pipeline.evaluation.space import SPACES, TargetSpacing, to_target_space
+from pipeline.evaluation.summary import Summary
 
-__all__ = ["Summary", "evaluate_folders", "find_dataset_json", "AFFINE_TOLERANCE_MM"]
+__all__ = ["evaluate_folders", "find_dataset_json", "AFFINE_TOLERANCE_MM"]
 
 #: largest difference (mm) tolerated between the prediction's and the label's affine entries
 AFFINE_TOLERANCE_MM = 1e-3
-#: metrics aggregated in the summary, in report order
-SUMMARY_METRICS = ("dice", "hd95", "assd", "nsd")
 
 
 def find_dataset_json(label_dir: str | os.PathLike) -> Path | None:
@@ -124,93 +124,11 @@ def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | None, str | None, floa
         return case, None, f"{pred_path}: {type(exc).__name__}: {msg}", math.nan, None
 
 
-def _fill_value(rule: float | str, diagonal: float) -> float | None:
-    if rule == EXCLUDE:
-        return None
-    if rule == PENALTY_DIAGONAL:
-        return diagonal
-    return float(rule)
-
-
-def _valid(v: object) -> TypeGuard[float]:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
-
-
-@dataclass
-class Summary:
-    """Everything one evaluation produced; written by :mod:`pipeline.evaluation.report`.
-
-    Attributes:
-        protocol: the protocol used.
-        classes: the class set scored.
-        rows: one dict per (case, class), columns as in the CSV.
-        failures: ``(case, one-line error)`` for cases that could not be scored.
-        missing / extra / ambiguous: pairing problems (label without prediction, prediction without label, ...).
-        metrics: the metrics computed.
-        split: free text naming the split the cases come from (stated in the report header).
-        pred_dir / label_dir: the inputs.
-        space: ``"original"`` (each label's own grid) or ``"resampled"`` (label extent at ``target_spacing``).
-        target_spacing: the resampled grid's spacing and its source; None in original space.
-        grids: per scored case, the grid the metrics were computed on: ``{"shape": [...], "spacing": [...]}``.
-    """
-
-    protocol: Protocol
-    classes: ClassSet
-    rows: list[dict] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    ambiguous: list[str] = field(default_factory=list)
-    metrics: tuple[str, ...] = ("dice", "hd95")
-    nsd_tolerance: float = 1.0
-    split: str | None = None
-    pred_dir: str = ""
-    label_dir: str = ""
-    space: str = "original"
-    target_spacing: TargetSpacing | None = None
-    grids: dict[str, dict] = field(default_factory=dict)
-
-    @property
-    def cases(self) -> list[str]:
-        return sorted({r["case"] for r in self.rows})
-
-    def per_class(self) -> dict[int, dict]:
-        """Per class: the mean of each metric over its valid cases, and the counts behind it."""
-        out: dict[int, dict] = {}
-        for cid, cname in self.classes.labels.items():
-            rows = [r for r in self.rows if r["class"] == cid]
-            entry: dict = {"name": cname, "n_cases": len(rows)}
-            for sit in ("present", "missed", "spurious", "both_empty"):
-                entry[f"n_{sit}"] = sum(r["situation"] == sit for r in rows)
-            for m in self.metrics:
-                vals = [r.get(m) for r in rows]
-                good = [float(v) for v in vals if _valid(v)]
-                entry[m] = float(np.mean(good)) if good else None
-                entry[f"n_{m}"] = len(good)
-                entry[f"n_{m}_excluded"] = sum(v is None for v in vals)
-                entry[f"n_{m}_nan"] = sum(isinstance(v, float) and math.isnan(v) for v in vals)
-            out[cid] = entry
-        return out
-
-    def means(self, per_class: dict[int, dict] | None = None) -> dict[str, float | None]:
-        """Mean over classes of the per-class means (the papers' "average" column); classes without a valid case
-        are left out (and listed under ``classes_without_value``)."""
-        pc = self.per_class() if per_class is None else per_class
-        out: dict = {}
-        for m in self.metrics:
-            vals = [e[m] for e in pc.values() if e[m] is not None]
-            out[m] = float(np.mean(vals)) if vals else None
-            out[f"{m}_classes_without_value"] = [cid for cid, e in pc.items() if e[m] is None]
-        if self.protocol.name == "monai":  # MONAI's own reduction="mean": nan-mean over every (case, class) entry
-            for m in self.metrics:
-                vals = [float(r[m]) for r in self.rows if _valid(r.get(m))]
-                out[f"{m}_mean_over_entries"] = float(np.mean(vals)) if vals else None
-        return out
-
-    @property
-    def ok(self) -> bool:
-        """True when every paired case was scored and nothing was ambiguous."""
-        return not self.failures and not self.ambiguous
+def _timed_pair(job: tuple) -> tuple[tuple, float]:
+    """:func:`_evaluate_pair` and its wall time in seconds (reading both files, checks and metrics)."""
+    t0 = time.perf_counter()
+    result = _evaluate_pair(job)
+    return result, time.perf_counter() - t0
 
 
 def evaluate_folders(
@@ -228,6 +146,7 @@ def evaluate_folders(
     split: str | None = None,
     space: str = "original",
     target_spacing: TargetSpacing | Sequence[float] | float | None = None,
+    case_seconds: dict[str, float] | None = None,
 ) -> Summary:
     """Score every prediction in ``pred_dir`` against its label in ``label_dir`` (paired by case id).
 
@@ -251,6 +170,8 @@ def evaluate_folders(
             it fails (one line); without it, a prediction of the label's shape is taken voxel by voxel.
         target_spacing: required for ``"resampled"`` (a :class:`~pipeline.evaluation.space.TargetSpacing`, or mm
             per label array axis, one number for isotropic); must be None for ``"original"``.
+        case_seconds: when given, filled with each scored case's seconds (reading both files, checks and metrics;
+            the ``metrics`` stage of ``medseg benchmark``).
 
     Returns:
         A :class:`Summary`. Per-case failures are recorded in it, not raised.
@@ -312,7 +233,7 @@ def evaluate_folders(
     n_workers = min(len(jobs), workers if workers else min(4, os.cpu_count() or 1))
     if n_workers < 1:
         raise UsageError(f"--workers {workers}: must be >= 1")
-    results = []
+    timed: list[tuple[tuple, float]] = []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -321,20 +242,22 @@ def evaluate_folders(
     try:
         if n_workers == 1:
             for job in jobs:
-                results.append(_evaluate_pair(job))
+                timed.append(_timed_pair(job))
                 if bar:
                     bar.update(1)
         else:
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context(method)) as pool:
-                for fut in cf.as_completed([pool.submit(_evaluate_pair, j) for j in jobs]):
-                    results.append(fut.result())
+                for fut in cf.as_completed([pool.submit(_timed_pair, j) for j in jobs]):
+                    timed.append(fut.result())
                     if bar:
                         bar.update(1)
     finally:
         if bar:
             bar.close()
-    results.sort(key=lambda r: r[0])
+    results = sorted((r for r, _ in timed), key=lambda r: r[0])
+    if case_seconds is not None:
+        case_seconds.update((r[0], seconds) for r, seconds in timed)
 
     if cset is None:  # auto: every id seen anywhere; cases lacking one get a both-empty row
         ids = sorted({r["class"] for _, rows, _, _, _ in results if rows for r in rows})
@@ -364,8 +287,8 @@ def evaluate_folders(
             if cid not in have:
                 row = {
                     "class": cid,
-                    "dice": _fill_value(proto.dice_both_empty, diagonal),
-                    "hd95": _fill_value(proto.hd95_both_empty, diagonal),
+                    "dice": proto.value("dice", "both_empty", diagonal),
+                    "hd95": proto.value("hd95", "both_empty", diagonal),
                     "class_name": cname,
                     "n_gt": 0,
                     "n_pred": 0,
@@ -385,7 +308,5 @@ def evaluate_folders(
         order = {cid: i for i, cid in enumerate(cset.labels)}
         summary.rows.extend(sorted(rows, key=lambda r: order[r["class"]]))
     if out_dir is not None:
-        from pipeline.evaluation.report import write_reports
-
         write_reports(summary, out_dir)
     return summary

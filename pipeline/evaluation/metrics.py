@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.evaluation.classes import ClassSet, resolve_classes
-from pipeline.evaluation.protocols import EXCLUDE, PENALTY_DIAGONAL, Protocol, get_protocol
+from pipeline.evaluation.protocols import Protocol, get_protocol
 from pipeline.evaluation.surface import surface_distances
 
 __all__ = ["evaluate_case", "as_label_map", "image_diagonal", "METRICS"]
@@ -63,14 +63,6 @@ def _union(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[sl
     if b is None:
         return a
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
-
-
-def _apply_rule(rule: float | str, diagonal: float) -> float | None:
-    if rule == EXCLUDE:
-        return None
-    if rule == PENALTY_DIAGONAL:
-        return diagonal
-    return float(rule)
 
 
 def evaluate_case(
@@ -185,8 +177,8 @@ def evaluate_case(
             if "nsd" in want:
                 row["nsd"] = dist.nsd(nsd_tolerance)
         else:
-            row["dice"] = _apply_rule(proto.rule("dice", situation), diagonal)
-            row["hd95"] = _apply_rule(proto.rule("hd95", situation), diagonal)
+            row["dice"] = proto.value("dice", situation, diagonal)
+            row["hd95"] = proto.value("hd95", situation, diagonal)
             if "assd" in want:
                 row["assd"] = row["hd95"]
             if "nsd" in want:

@@ -89,6 +89,24 @@ class Protocol:
         """The value rule for ``metric`` (``dice``/``hd95``) in ``situation`` (not ``overlap``)."""
         return getattr(self, f"{metric}_{situation}")
 
+    def value(self, metric: str, situation: str, diagonal: float) -> float | None:
+        """The score of ``metric`` in ``situation`` (not ``overlap``): None when excluded, ``diagonal`` (the image
+        diagonal in the protocol's units) for the diagonal penalty, else the rule's number.
+
+        Examples:
+            >>> strict = get_protocol("strict")
+            >>> strict.value("hd95", "missed", 50.0), strict.value("dice", "missed", 50.0)
+            (50.0, 0.0)
+            >>> strict.value("dice", "both_empty", 50.0) is None
+            True
+        """
+        rule = self.rule(metric, situation)
+        if rule == EXCLUDE:
+            return None
+        if rule == PENALTY_DIAGONAL:
+            return diagonal
+        return float(rule)
+
     @property
     def warning(self) -> str | None:
         """The banner printed with legacy results, else None."""

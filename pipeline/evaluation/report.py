@@ -14,8 +14,9 @@ import math
 import os
 from pathlib import Path
 
-from pipeline.evaluation.folders import Summary
+from pipeline.evaluation.summary import Summary
 from pipeline.utils.atomic import atomic_path, save_json_atomic
+from pipeline.utils.tables import markdown_table
 
 __all__ = [
     "write_reports",
@@ -150,6 +151,20 @@ def summary_to_json(summary: Summary) -> dict:
     }
 
 
+#: the columns of the per-class counts table: title -> key of :meth:`Summary.per_class`
+_COUNT_COLUMNS = {
+    "cases": "n_cases",
+    "both present": "n_present",
+    "missed": "n_missed",
+    "spurious": "n_spurious",
+    "both empty": "n_both_empty",
+    "Dice excluded": "n_dice_excluded",
+    "Dice NaN": "n_dice_nan",
+    "HD95 excluded": "n_hd95_excluded",
+    "HD95 NaN": "n_hd95_nan",
+}
+
+
 def _num(v: float | None, scale: float = 1.0) -> str:
     return "n/a" if v is None else f"{v * scale:.2f}"
 
@@ -167,8 +182,6 @@ def summary_to_markdown(summary: Summary) -> str:
         out += [f"> **{p.warning}**", ""]
     out += [f"- {line}" for line in header_lines(summary)] + [""]
     names = [e["name"] for e in pc.values()]
-    out.append("| metric | mean | " + " | ".join(names) + " |")
-    out.append("|---|---:|" + "---:|" * len(names))
     units = _units(summary)
     labels = {
         "dice": ("DSC (%)", 100.0),
@@ -176,22 +189,13 @@ def summary_to_markdown(summary: Summary) -> str:
         "assd": (f"ASSD ({units})", 1.0),
         "nsd": ("NSD (%)", 100.0),
     }
+    rows = []
     for m in summary.metrics:
         title, scale = labels[m]
-        cells = [_num(e[m], scale) for e in pc.values()]
-        out.append(f"| {title} | {_num(means[m], scale)} | " + " | ".join(cells) + " |")
-    out += [
-        "",
-        "| class | cases | both present | missed | spurious | both empty | Dice excluded | Dice NaN | "
-        "HD95 excluded | HD95 NaN |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for cid, e in pc.items():
-        out.append(
-            f"| {cid} {e['name']} | {e['n_cases']} | {e['n_present']} | {e['n_missed']} | {e['n_spurious']} | "
-            f"{e['n_both_empty']} | {e['n_dice_excluded']} | {e['n_dice_nan']} | {e['n_hd95_excluded']} | "
-            f"{e['n_hd95_nan']} |"
-        )
+        rows.append([title, _num(means[m], scale), *(_num(e[m], scale) for e in pc.values())])
+    out.append(markdown_table(["metric", "mean", *names], rows, align=["", *["right"] * (len(names) + 1)]))
+    rows = [[f"{cid} {e['name']}", *(e[k] for k in _COUNT_COLUMNS.values())] for cid, e in pc.items()]
+    out += ["", markdown_table(["class", *_COUNT_COLUMNS], rows, align=["", *["right"] * len(_COUNT_COLUMNS)])]
     if p.name == "monai":
         out += [
             "",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.data.geometry import spacing_from_affine
 from pipeline.errors import InputDataError, UsageError
 
 if TYPE_CHECKING:
@@ -148,9 +149,9 @@ def spacing_from_preset(name: str) -> TargetSpacing:
         >>> spacing_from_preset("ct_abdomen").spacing
         (1.5, 1.5, 2.0)
     """
-    from pipeline.transforms.presets import get_preset
+    from pipeline.transforms.presets import get_preprocessing_preset
 
-    spec = get_preset(name)
+    spec = get_preprocessing_preset(name)
     spacing = spec.get("spacing")
     if not isinstance(spacing, (list, tuple)):
         why = "the dataset fingerprint's median" if spacing == "fingerprint" else "the native spacing"
@@ -167,13 +168,9 @@ def spacing_from_preset(name: str) -> TargetSpacing:
     return TargetSpacing(tuple(spacing), frame=frame, source=f"--preprocessing {name}")
 
 
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
-
-
 def _direction(affine: np.ndarray) -> np.ndarray:
     a = np.asarray(affine, float)[:3, :3]
-    return a / _spacing(affine)
+    return a / spacing_from_affine(affine)
 
 
 def target_grid(
@@ -201,7 +198,7 @@ def target_grid(
     if aff.shape != (4, 4) or len(shape) != 3:
         raise ValueError(f"expected a 4x4 affine and a 3D shape, got {aff.shape} and {tuple(shape)}")
     new = np.broadcast_to(np.asarray(spacing, float), (3,))
-    old = _spacing(aff)
+    old = spacing_from_affine(aff)
     new_shape = tuple(max(1, int(round(n * o / s))) for n, o, s in zip(shape, old, new))
     out = np.eye(4)
     out[:3, :3] = _direction(aff) * new
@@ -218,9 +215,9 @@ def _to_sitk(array: np.ndarray, affine: np.ndarray, index_offset: float = 0.0) -
     a = np.asarray(affine, float)
     lps = _LPS @ a[:3, :3]
     origin = _LPS @ (a[:3, 3] - a[:3, :3] @ np.full(3, index_offset))
-    img.SetSpacing(tuple(float(v) for v in _spacing(a)))
+    img.SetSpacing(tuple(float(v) for v in spacing_from_affine(a)))
     img.SetOrigin(tuple(float(v) for v in origin))
-    img.SetDirection(tuple(float(v) for v in (lps / _spacing(a)).ravel()))
+    img.SetDirection(tuple(float(v) for v in (lps / spacing_from_affine(a)).ravel()))
     return img
 
 

@@ -20,6 +20,11 @@ exactly MONAI's window grid (``dense_patch_slices`` with MONAI's scan interval),
 * an ``sw_device``/``device`` split (windows and the predictor on ``sw_device``, stitching on ``device``) and
   optional CUDA autocast for the predictor only; accumulation is always float32.
 
+One loop (``SlidingWindowEngine._sweep``) serves both outputs: it selects the windows of each batch item, runs them
+``sw_batch_size`` at a time and adds each weighted prediction to an accumulator, ``_BlendedLogits`` (blended logits,
+and the plain argmax) or ``_StreamingArgmax`` (streaming). Every window batch reaches the network through
+``SlidingWindowEngine._call_network``, the one place to change for another way of running the network.
+
 Examples:
     >>> import torch
     >>> net = torch.nn.Conv3d(1, 3, 3, padding=1).eval()
@@ -34,12 +39,11 @@ Examples:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +153,266 @@ def _zeros(spatial: Sequence[int], n_cls: int, channels_last: bool, device: torc
     if channels_last:
         return torch.zeros((1, *spatial, n_cls), dtype=torch.float32, device=device).movedim(-1, 1)
     return torch.zeros((1, n_cls, *spatial), dtype=torch.float32, device=device)
+
+
+#: one window: a slice per spatial axis, in the padded image's coordinates
+_Window = tuple[slice, ...]
+
+_ALL = (slice(None), slice(None))  # the batch and channel axes of a (1, C, *spatial) buffer
+
+
+class _Accumulator(Protocol):
+    """What the window loop (:meth:`SlidingWindowEngine._sweep`) feeds one batch item's window predictions into.
+
+    Attributes:
+        windows: the windows to run, in the order they are added (it fixes the floating-point summation order).
+        stats: entries to add to :attr:`SlidingWindowEngine.last_stats`.
+    """
+
+    windows: list[_Window]
+    stats: dict[str, int]
+
+    def add(self, window: _Window, weighted: torch.Tensor) -> None:
+        """Add the prediction of ``window`` times the importance map: ``(1, classes, *roi)`` on ``sw_device``."""
+        ...
+
+    def result(self, class_count: Callable[[], int]) -> torch.Tensor:
+        """The item's ``(1, C, *padded_size)`` result; ``class_count()`` runs the network once (if no window ran)."""
+        ...
+
+
+class _BlendedLogits:
+    """Blended logits of one batch item: the weighted sum of its window predictions over the sum of the weights.
+
+    Windows are added in MONAI's order into one ``(1, classes, *padded_size)`` float32 buffer, so the result equals
+    :func:`monai.inferers.sliding_window_inference`. Voxels that only skipped windows cover get background logits
+    (``0`` for class 0, :data:`BACKGROUND_FILL` for the others).
+
+    Args:
+        plan: the window grid.
+        windows: the windows that run (the others were skipped), in MONAI's order.
+        weight: the importance map on ``sw_device``.
+        device: where the buffer lives.
+        normalize: divide by the sum of the weights. The argmax does not need it (a positive per-voxel scale, and
+            voxels no window covers are ``0`` everywhere, i.e. class 0), so :meth:`SlidingWindowEngine.predict_labels`
+            leaves it out.
+        count_map: :meth:`SlidingWindowEngine.count_map` (the cached sum of the weights when no window is skipped).
+    """
+
+    def __init__(
+        self,
+        plan: WindowPlan,
+        windows: Sequence[_Window],
+        weight: torch.Tensor,
+        device: torch.device,
+        normalize: bool,
+        count_map: Callable[[WindowPlan, torch.device], torch.Tensor],
+    ) -> None:
+        self.plan = plan
+        self.windows = list(windows)
+        self.stats: dict[str, int] = {}
+        self.weight = weight
+        self.device = device
+        self.normalize = normalize
+        self.count_map = count_map
+        #: the weighted sum; the first prediction sets its class count and memory layout
+        self.logits: torch.Tensor | None = None
+
+    def add(self, window: _Window, weighted: torch.Tensor) -> None:
+        """Add one weighted window prediction to :attr:`logits`."""
+        if self.logits is None:
+            self.logits = _zeros(self.plan.padded_size, weighted.shape[1], _channels_last(weighted), self.device)
+        self.logits[_ALL + window] += weighted.to(self.device)
+
+    def result(self, class_count: Callable[[], int]) -> torch.Tensor:
+        """The blended (or, without ``normalize``, summed) logits ``(1, classes, *padded_size)``."""
+        plan, out = self.plan, self.logits
+        if out is None:  # every window skipped: background everywhere
+            shape = (1, class_count(), *plan.padded_size)
+            background = torch.full(shape, BACKGROUND_FILL, dtype=torch.float32, device=self.device)
+            background[:, 0] = 0.0
+            return background
+        if not self.normalize:
+            return out
+        if len(self.windows) == len(plan.slices):
+            out /= self.count_map(plan, self.device)
+            return out
+        count = torch.zeros(plan.padded_size, dtype=torch.float32, device=self.device)
+        weight = self.weight.to(self.device)
+        for win in self.windows:
+            count[win] += weight
+        covered = count > 0
+        out /= torch.where(covered, count, torch.ones_like(count))
+        uncovered = ~covered
+        out[:, 1:][uncovered.expand(out.shape[1] - 1, *uncovered.shape)[None]] = BACKGROUND_FILL
+        return out
+
+
+class _StreamingArgmax:
+    """Argmax labels of one batch item by streaming: slabs along ``axis``, rows along an inner axis.
+
+    Windows run sorted by their start on the slab axis, then on the row axis (for axes 0 and 1 this is MONAI's own
+    order). A *row* is the set of windows sharing a start on the slab axis. Its voxels are summed in a row buffer
+    ``C x roi_a x width x rest`` (``width`` is ``roi_b``, or the whole row axis when the slab fits in
+    ``row_bytes``) that moves along the row axis as a ring: row position ``p`` lives in slot ``p % width``, so
+    finishing positions frees their slots for the positions ``width`` further on and no data is shifted. A finished
+    position's planes are either final (no later row reaches them: argmax to :attr:`labels`) or shared with the next
+    row (copied to the :attr:`carry`, ``C x overlap_a x size_b x rest``); the next row starts from that carry. Every
+    voxel therefore sums its windows' weighted predictions in the same order as MONAI, from the same zero, so the
+    labels are identical; memory is the carry plus one row buffer instead of a ``C x roi_a x size_b x rest`` slab (or
+    MONAI's ``C x`` volume). The buffers follow the predictions' memory layout (channels-last predictions get
+    channels-last buffers, so accumulation reads and writes contiguous memory).
+
+    Everything is kept in a canonical axis order (slab, row, rest): :attr:`size` and :attr:`roi` are permuted by
+    :attr:`perm`, and :meth:`result` permutes the labels back.
+
+    Args:
+        plan: the window grid.
+        windows: the windows that run (the others were skipped), in any order.
+        axis: the slab axis (spatial, 0-based).
+        row_bytes: the most bytes a whole-slab row buffer may take (else the ring is one window wide).
+        device: where the buffers and labels live.
+    """
+
+    def __init__(
+        self, plan: WindowPlan, windows: Sequence[_Window], axis: int, row_bytes: int, device: torch.device
+    ) -> None:
+        nd = len(plan.padded_size)
+        if nd < 2:
+            raise ValueError(f"streaming needs at least 2 spatial axes, got image size {plan.image_size}")
+        inner = self.choose_row_axis(plan, axis)
+        self.plan = plan
+        self.slab_axis = axis
+        self.row_axis = inner
+        self.row_bytes = row_bytes
+        self.device = device
+        self.stats = {"stream_axis": axis}
+        #: spatial axes in canonical order: slab, row, rest
+        self.perm = (axis, inner, *[d for d in range(nd) if d not in (axis, inner)])
+        self.pred_perm = (0, 1, *[2 + d for d in self.perm])
+        self.size = [plan.padded_size[d] for d in self.perm]
+        self.roi = [plan.roi_size[d] for d in self.perm]
+        self.windows = sorted(windows, key=lambda s: (s[axis].start, s[inner].start))
+        row_starts = sorted({win[axis].start for win in self.windows})
+        #: start (slab axis) of each row -> start of the next row (None for the last)
+        self.next_row_start: dict[int, int | None] = dict(zip(row_starts, [*row_starts[1:], None]))
+        #: the most planes a row shares with the next one (the carry's depth; 0 when rows do not overlap)
+        self.carry_planes = max([a + self.roi[0] - n for a, n in self.next_row_start.items() if n is not None] + [0])
+        # the current row (set by _start_row)
+        self.row_start = -1  # start of the current row on the slab axis; -1 before the first row
+        self.finished = 0  # row positions below this are finished: labels and carry written, ring slots free
+        self.final_planes = 0  # planes of the current row that no later row reaches (they become labels)
+        self.carry_out_planes = 0  # the planes after those, shared with the next row (they go to the carry)
+        self.carry_in_planes = 0  # planes at the start of the current row that begin from the carry
+        # buffers, allocated by the first prediction (its class count and memory layout): see _allocate
+        self.started = False
+        self.row_width = 0
+        self.labels = self.row_buffer = self.carry = torch.empty(0)
+
+    @staticmethod
+    def choose_row_axis(plan: WindowPlan, axis: int) -> int:
+        """Row axis inside a slab: the one giving the smallest row buffer (ties: the first, MONAI's order)."""
+        rest = [d for d in range(len(plan.padded_size)) if d != axis]
+
+        def row_size(a: int) -> int:
+            return plan.roi_size[a] * math.prod(plan.padded_size[d] for d in rest if d != a)
+
+        return min(rest, key=lambda a: (row_size(a), a))
+
+    def _allocate(self, first: torch.Tensor) -> None:
+        n_cls = first.shape[1]
+        channels_last = _channels_last(first)
+        size, roi = self.size, self.roi
+        self.labels = torch.zeros((1, 1, *size), dtype=torch.uint8 if n_cls <= 256 else torch.int16, device=self.device)
+        slab_bytes = 4 * n_cls * roi[0] * math.prod(size[1:])
+        self.row_width = size[1] if slab_bytes <= self.row_bytes else roi[1]
+        self.row_buffer = _zeros((roi[0], self.row_width, *size[2:]), n_cls, channels_last, self.device)
+        self.carry = _zeros((self.carry_planes, *size[1:]), n_cls, channels_last, self.device)
+        self.started = True
+
+    def _ring(self, p0: int, p1: int) -> list[tuple[int, int, int]]:
+        """Row positions [p0, p1) (at most the buffer width) as ring-buffer pieces (slot start, slot stop, p)."""
+        r = self.row_width
+        s0 = p0 % r
+        if s0 + (p1 - p0) <= r:
+            return [(s0, s0 + p1 - p0, p0)]
+        return [(s0, r, p0), (0, s0 + p1 - p0 - r, p0 + r - s0)]
+
+    def _load_carry(self, lo: int, hi: int) -> None:
+        """Start the buffer slots of row positions [lo, hi) from the carry of the previous row."""
+        hi = min(hi, self.size[1])
+        t = self.carry_in_planes
+        if t and hi > lo:
+            for s0, s1, p in self._ring(lo, hi):
+                self.row_buffer[_ALL + (slice(0, t), slice(s0, s1))] = self.carry[
+                    _ALL + (slice(0, t), slice(p, p + s1 - s0))
+                ]
+
+    def _flush(self, upto: int) -> None:
+        """Finish row positions [finished, upto): final planes to labels, shared planes to the carry, slots reused."""
+        lo, start, final, shared = self.finished, self.row_start, self.final_planes, self.carry_out_planes
+        buf, labels = self.row_buffer, self.labels
+        upto = min(upto, self.size[1])
+        for s0, s1, p in self._ring(lo, upto):
+            nb = s1 - s0
+            for i in range(0, final, 8):  # a few planes at a time keeps the argmax temporaries small
+                j = min(i + 8, final)
+                labels[_ALL + (slice(start + i, start + j), slice(p, p + nb))] = channel_argmax(
+                    buf[_ALL + (slice(i, j), slice(s0, s1))], dim=1, dtype=labels.dtype
+                )
+            if shared:
+                self.carry[_ALL + (slice(0, shared), slice(p, p + nb))] = buf[
+                    _ALL + (slice(final, final + shared), slice(s0, s1))
+                ]
+            buf[_ALL + (slice(None), slice(s0, s1))] = 0.0
+        self.finished = upto
+        self._load_carry(lo + self.row_width, upto + self.row_width)
+
+    def _advance(self, target: int) -> None:
+        """Finish every row position below ``target``."""
+        while self.finished < target:
+            self._flush(min(target, self.finished + self.row_width))
+
+    def _start_row(self, start: int) -> None:
+        """Make the row starting at ``start`` (slab axis) current: empty buffer, shared planes from the carry."""
+        nxt = self.next_row_start[start]
+        self.row_start = start
+        self.finished = 0
+        self.final_planes = self.roi[0] if nxt is None else min(nxt - start, self.roi[0])
+        self.carry_out_planes = self.roi[0] - self.final_planes
+        self.row_buffer.zero_()
+        self._load_carry(0, self.row_width)
+
+    def add(self, window: _Window, weighted: torch.Tensor) -> None:
+        """Add one weighted window prediction, finishing the row positions (and rows) it leaves behind."""
+        if not self.started:
+            self._allocate(weighted)
+        start = window[self.slab_axis].start
+        if start != self.row_start:  # a new row: finish the current one, hand its shared planes on
+            if self.row_start >= 0:
+                self._advance(self.size[1])
+                self.carry_in_planes = self.carry_out_planes
+            self._start_row(start)
+        if (
+            window[self.row_axis].stop > self.finished + self.row_width
+        ):  # it needs slots still held by earlier positions
+            self._advance(window[self.row_axis].start)
+        pred = weighted.permute(self.pred_perm).to(self.device)
+        cw = [window[d] for d in self.perm]
+        rows = slice(cw[0].start - self.row_start, cw[0].stop - self.row_start)
+        for s0, s1, p in self._ring(cw[1].start, cw[1].stop):
+            q = p - cw[1].start
+            self.row_buffer[_ALL + (rows, slice(s0, s1), *cw[2:])] += pred[_ALL + (slice(None), slice(q, q + s1 - s0))]
+
+    def result(self, class_count: Callable[[], int]) -> torch.Tensor:
+        """The labels ``(1, 1, *padded_size)`` (all background when no window ran; ``class_count`` is not needed)."""
+        if not self.started:  # every window skipped
+            return torch.zeros((1, 1, *self.plan.padded_size), dtype=torch.uint8, device=self.device)
+        self._advance(self.size[1])
+        labels = self.labels
+        self.labels = self.row_buffer = self.carry = torch.empty(0)  # release the buffers before the permuted copy
+        inv = [self.perm.index(d) for d in range(len(self.perm))]
+        return labels.permute(0, 1, *[2 + d for d in inv]).contiguous()
 
 
 class SlidingWindowEngine(Inferer):
@@ -290,48 +554,71 @@ class SlidingWindowEngine(Inferer):
         device = self.device or inputs.device
         return x, plan, sw_device, device
 
+    def _call_network(
+        self, network: Callable[..., Any], batch: torch.Tensor, args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        """Run ``network`` on one window batch: the only place where the engine calls the network.
+
+        A backend (see ARCHITECTURE.md, "Add a backend") is any callable that this method accepts.
+
+        Args:
+            network: the predictor.
+            batch: ``(n, C, *roi_size)`` float windows on ``sw_device``.
+            args, kwargs: passed on to ``network``.
+
+        Returns:
+            float32 logits ``(n, classes, *roi_size)``. The call runs without autograd, under CUDA autocast (fp16)
+            when ``amp`` is set and ``batch`` is on CUDA. A dict output gives the entry of its first key in sorted
+            order, a list/tuple its first element (the full-resolution head of deep supervision), a MetaTensor its
+            plain tensor.
+
+        Raises:
+            ValueError: when the output does not hold one prediction per window, of the window's spatial size.
+        """
+        with torch.no_grad():
+            if self.amp and batch.device.type == "cuda":
+                with torch.autocast(device_type="cuda", dtype=torch.float16):
+                    out = network(batch, *args, **kwargs)
+            else:
+                out = network(batch, *args, **kwargs)
+        if isinstance(out, dict):
+            out = out[sorted(out)[0]]
+        if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution head comes first
+            out = out[0]
+        if isinstance(out, MetaTensor):
+            out = out.as_tensor()
+        if out.shape[0] != batch.shape[0] or tuple(out.shape[2:]) != tuple(batch.shape[2:]):
+            raise ValueError(
+                f"predictor returned shape {tuple(out.shape)} for windows of shape {tuple(batch.shape)}; "
+                "the engine needs one output per window with the window's spatial size"
+            )
+        return out.float()
+
     def _run_windows(
         self,
         x: torch.Tensor,
         b: int,
-        windows: Sequence[tuple[slice, ...]],
-        predictor: Callable[..., Any],
+        windows: Sequence[_Window],
+        network: Callable[..., Any],
         sw_device: torch.device,
         args: tuple,
         kwargs: dict,
-    ) -> Iterator[tuple[tuple[slice, ...], torch.Tensor]]:
-        """Yield ``(window_slices, prediction)`` for the windows of batch item ``b``, ``sw_batch_size`` at a time."""
-        autocast = self.amp and sw_device.type == "cuda"
+    ) -> Iterator[tuple[_Window, torch.Tensor]]:
+        """Yield ``(window, prediction)`` for the windows of batch item ``b`` in order, ``sw_batch_size`` per call."""
         for start in range(0, len(windows), self.sw_batch_size):
             group = windows[start : start + self.sw_batch_size]
             if len(group) == 1:
-                data = x[(slice(b, b + 1), slice(None)) + group[0]].to(sw_device)
+                batch = x[(slice(b, b + 1), slice(None)) + group[0]].to(sw_device)
             else:
-                data = torch.cat([x[(slice(b, b + 1), slice(None)) + w] for w in group]).to(sw_device)
-            with torch.no_grad():
-                if autocast:
-                    with torch.autocast(device_type="cuda", dtype=torch.float16):
-                        out = predictor(data, *args, **kwargs)
-                else:
-                    out = predictor(data, *args, **kwargs)
-            if isinstance(out, dict):
-                out = out[sorted(out)[0]]
-            if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution head comes first
-                out = out[0]
-            if isinstance(out, MetaTensor):
-                out = out.as_tensor()
-            if out.shape[0] != len(group) or tuple(out.shape[2:]) != tuple(data.shape[2:]):
-                raise ValueError(
-                    f"predictor returned shape {tuple(out.shape)} for windows of shape {tuple(data.shape)}; "
-                    "the engine needs one output per window with the window's spatial size"
-                )
-            out = out.float()
+                batch = torch.cat([x[(slice(b, b + 1), slice(None)) + w] for w in group]).to(sw_device)
+            out = self._call_network(network, batch, args, kwargs)
             for i, w in enumerate(group):
                 yield w, out[i : i + 1]
 
     def _select_windows(
         self, x: torch.Tensor, b: int, plan: WindowPlan, foreground: torch.Tensor | None
-    ) -> list[tuple[slice, ...]]:
+    ) -> list[_Window]:
+        """The windows of batch item ``b`` to run: all, or those with foreground / channel 0 above ``skip_below``."""
         if foreground is None and self.skip_below is None:
             return list(plan.slices)
         fg = None
@@ -361,6 +648,58 @@ class SlidingWindowEngine(Inferer):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc="windows", leave=False, unit="win")
+
+    def _sweep(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        foreground: torch.Tensor | None,
+        accumulator: Callable[[WindowPlan, list[_Window], torch.Tensor, torch.device], _Accumulator],
+    ) -> torch.Tensor:
+        """The window loop of :meth:`__call__` and :meth:`predict_labels`: one result per batch item, concatenated.
+
+        For each batch item: select the windows to run (window skipping), let ``accumulator(plan, windows,
+        importance map, device)`` order them, run them ``sw_batch_size`` at a time, multiply each prediction by the
+        importance map and add it; then crop the accumulator's result to the input size. Sets :attr:`last_stats`.
+        """
+        x, plan, sw_device, device = self._prepare(inputs)
+        weight = self.importance_map(plan.roi_size, sw_device)
+        results = []
+        total = run = 0
+        stats: dict[str, int] = {}
+        bar = self._progress(len(plan.slices) * x.shape[0])
+        for b in range(x.shape[0]):
+            acc = accumulator(plan, self._select_windows(x, b, plan, foreground), weight, device)
+            total += len(plan.slices)
+            run += len(acc.windows)
+            for window, pred in self._run_windows(x, b, acc.windows, network, sw_device, args, kwargs):
+                acc.add(window, pred.mul_(weight))
+                if bar is not None:
+                    bar.update(1)
+            out = acc.result(lambda: self._class_count(x, plan, network, sw_device, args, kwargs))
+            stats.update(acc.stats)
+            if bar is not None:
+                bar.update(len(plan.slices) - len(acc.windows))
+            results.append(out[_ALL + plan.crop] if any(plan.pad) else out)
+        if bar is not None:
+            bar.close()
+        self.last_stats = {"windows": total, "run": run, "skipped": total - run, **stats}
+        return results[0] if len(results) == 1 else torch.cat(results)
+
+    def _class_count(
+        self,
+        x: torch.Tensor,
+        plan: WindowPlan,
+        network: Callable[..., Any],
+        sw_device: torch.device,
+        args: tuple,
+        kwargs: dict,
+    ) -> int:
+        """The network's class count, from one call on the first window of the first batch item."""
+        probe = x[(slice(0, 1), slice(None)) + plan.slices[0]].to(sw_device)
+        return int(self._call_network(network, probe, args, kwargs).shape[1])
 
     # ------------------------------------------------------------------ public API
     def __call__(
@@ -395,66 +734,14 @@ class SlidingWindowEngine(Inferer):
         foreground: torch.Tensor | None,
         normalize: bool,
     ) -> torch.Tensor:
-        """Accumulate weighted window predictions; ``normalize`` divides by the count map (argmax does not need it)."""
-        x, plan, sw_device, device = self._prepare(inputs)
-        w = self.importance_map(plan.roi_size, sw_device)
-        outputs = []
-        total = run = 0
-        bar = self._progress(len(plan.slices) * x.shape[0])
-        for b in range(x.shape[0]):
-            windows = self._select_windows(x, b, plan, foreground)
-            total += len(plan.slices)
-            run += len(windows)
-            out = None
-            for win, pred in self._run_windows(x, b, windows, network, sw_device, args, kwargs):
-                if out is None:
-                    out = _zeros(plan.padded_size, pred.shape[1], _channels_last(pred), device)
-                pred = pred.mul_(w)
-                out[(slice(None), slice(None)) + win] += pred.to(device)
-                if bar is not None:
-                    bar.update(1)
-            if out is None:  # every window skipped: background everywhere
-                out = self._all_background(x, plan, network, sw_device, device, args, kwargs)
-            elif not normalize:  # positive per-voxel scaling does not change the argmax; uncovered voxels are 0 -> 0
-                pass
-            elif len(windows) == len(plan.slices):
-                out /= self.count_map(plan, device)
-            else:
-                count = torch.zeros(plan.padded_size, dtype=torch.float32, device=device)
-                wd = w.to(device)
-                for win in windows:
-                    count[win] += wd
-                covered = count > 0
-                out /= torch.where(covered, count, torch.ones_like(count))
-                uncovered = ~covered
-                out[:, 1:][uncovered.expand(out.shape[1] - 1, *uncovered.shape)[None]] = BACKGROUND_FILL
-            if bar is not None:
-                bar.update(len(plan.slices) - len(windows))
-            outputs.append(out[(slice(None), slice(None)) + plan.crop] if any(plan.pad) else out)
-        if bar is not None:
-            bar.close()
-        self.last_stats = {"windows": total, "run": run, "skipped": total - run}
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        """Blended logits; ``normalize=False`` leaves out the division by the weights (the argmax does not need it)."""
 
-    def _all_background(
-        self,
-        x: torch.Tensor,
-        plan: WindowPlan,
-        network: Callable[..., Any],
-        sw_device: torch.device,
-        device: torch.device,
-        args: tuple,
-        kwargs: dict,
-    ) -> torch.Tensor:
-        """Logits that give background everywhere; the channel count comes from one predictor call."""
-        probe = x[(slice(0, 1), slice(None)) + plan.slices[0]].to(sw_device)
-        out = network(probe, *args, **kwargs)
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        n = out.shape[1]
-        full = torch.full((1, n, *plan.padded_size), BACKGROUND_FILL, dtype=torch.float32, device=device)
-        full[:, 0] = 0.0
-        return full
+        def blended(
+            plan: WindowPlan, windows: list[_Window], weight: torch.Tensor, device: torch.device
+        ) -> _BlendedLogits:
+            return _BlendedLogits(plan, windows, weight, device, normalize, self.count_map)
+
+        return self._sweep(inputs, network, args, kwargs, foreground, blended)
 
     def predict_labels(
         self,
@@ -478,164 +765,19 @@ class SlidingWindowEngine(Inferer):
             return channel_argmax(
                 self._blend(inputs, network, args, kwargs, foreground=foreground, normalize=False), dim=1
             )
-        x, plan, sw_device, device = self._prepare(inputs)
-        nd = len(plan.image_size)
-        axis = self._choose_axis(plan) if self.stream_axis is None else int(self.stream_axis) % nd
-        w = self.importance_map(plan.roi_size, sw_device)
-        labels_out = []
-        total = run = 0
-        bar = self._progress(len(plan.slices) * x.shape[0])
-        for b in range(x.shape[0]):
-            windows = self._select_windows(x, b, plan, foreground)
-            total += len(plan.slices)
-            run += len(windows)
-            labels = self._stream_one(x, b, plan, windows, axis, w, network, sw_device, device, args, kwargs, bar)
-            if bar is not None:
-                bar.update(len(plan.slices) - len(windows))
-            labels_out.append(labels[(slice(None), slice(None)) + plan.crop] if any(plan.pad) else labels)
-        if bar is not None:
-            bar.close()
-        self.last_stats = {"windows": total, "run": run, "skipped": total - run, "stream_axis": axis}
-        return labels_out[0] if len(labels_out) == 1 else torch.cat(labels_out)
+        return self._sweep(inputs, network, args, kwargs, foreground, self._streaming_argmax)
+
+    def _streaming_argmax(
+        self, plan: WindowPlan, windows: list[_Window], weight: torch.Tensor, device: torch.device
+    ) -> _StreamingArgmax:
+        """The streaming accumulator of one batch item (``weight`` is applied by the loop; it is not needed here)."""
+        axis = self._choose_axis(plan) if self.stream_axis is None else int(self.stream_axis) % len(plan.image_size)
+        return _StreamingArgmax(plan, windows, axis, self.stream_row_bytes, device)
 
     def _choose_axis(self, plan: WindowPlan) -> int:
+        """Slab axis for streaming: the one giving the smallest slab (ties: the first, MONAI's order)."""
         sizes = []
         for a in range(len(plan.padded_size)):
             others = math.prod(s for d, s in enumerate(plan.padded_size) if d != a)
             sizes.append(plan.roi_size[a] * others)
         return min(range(len(sizes)), key=lambda a: (sizes[a], a))
-
-    @staticmethod
-    def _choose_inner_axis(plan: WindowPlan, axis: int) -> int:
-        """Row axis inside a slab: the one giving the smallest row buffer (ties: the first, MONAI's order)."""
-        rest = [d for d in range(len(plan.padded_size)) if d != axis]
-
-        def row_size(a: int) -> int:
-            return plan.roi_size[a] * math.prod(plan.padded_size[d] for d in rest if d != a)
-
-        return min(rest, key=lambda a: (row_size(a), a))
-
-    def _stream_one(
-        self,
-        x: torch.Tensor,
-        b: int,
-        plan: WindowPlan,
-        windows: Sequence[tuple[slice, ...]],
-        axis: int,
-        w: torch.Tensor,
-        network: Callable[..., Any],
-        sw_device: torch.device,
-        device: torch.device,
-        args: tuple,
-        kwargs: dict,
-        bar: Any,
-    ) -> torch.Tensor:
-        """Two-level streaming: slabs along ``axis``, rows along an inner axis; finished voxels become labels at once.
-
-        Windows run in MONAI's order (sorted by their start on ``axis``, then on the inner axis; for axes 0 and 1
-        this is MONAI's own order). A *row* is the set of windows sharing a start on ``axis``; its voxels live in a
-        row buffer ``C x roi_a x roi_b x rest`` that moves along the inner axis (a ring: no data is shifted). When it
-        moves on, the planes it leaves are either final (no later row reaches them: argmax to labels) or still shared
-        with the next row (copied to a carry buffer ``C x overlap_a x size_b x rest``); the next row starts from that
-        carry. Every voxel therefore sums its windows' weighted predictions in the same order as MONAI, from the same
-        zero, so the labels are identical; memory is the carry plus one row buffer instead of a
-        ``C x roi_a x size_b x rest`` slab (or MONAI's ``C x`` volume). Buffers follow the predictions' memory
-        layout (channels-last predictions get channels-last buffers, so accumulation reads and writes contiguous
-        memory).
-        """
-        nd = len(plan.padded_size)
-        if nd < 2:
-            raise ValueError(f"streaming needs at least 2 spatial axes, got image size {plan.image_size}")
-        inner = self._choose_inner_axis(plan, axis)
-        perm = (axis, inner, *[d for d in range(nd) if d not in (axis, inner)])  # canonical: slab, row, rest
-        size = [plan.padded_size[d] for d in perm]
-        roi = [plan.roi_size[d] for d in perm]
-        order = sorted(windows, key=lambda s: (s[axis].start, s[inner].start))
-        if not order:  # every window skipped
-            return torch.zeros((1, 1, *plan.padded_size), dtype=torch.uint8, device=device)
-        a_starts = sorted({win[axis].start for win in order})
-        next_start = dict(zip(a_starts, [*a_starts[1:], None]))
-        carry_planes = max([a + roi[0] - n for a, n in next_start.items() if n is not None] + [0])
-        pred_perm = (0, 1, *[2 + d for d in perm])
-        cc = (slice(None), slice(None))
-        st = {"a0": -1, "lo": 0, "fin": 0, "t_in": 0, "t_out": 0}
-
-        def ring(p0: int, p1: int) -> list[tuple[int, int, int]]:
-            """Row positions [p0, p1) (at most the buffer width) as ring-buffer pieces (slot start, slot stop, p)."""
-            r = buf.shape[3]
-            s0 = p0 % r
-            if s0 + (p1 - p0) <= r:
-                return [(s0, s0 + p1 - p0, p0)]
-            return [(s0, r, p0), (0, s0 + p1 - p0 - r, p0 + r - s0)]
-
-        def load(lo_b: int, hi_b: int) -> None:
-            """Start the buffer slots of row positions [lo_b, hi_b) from the carry of the previous slab."""
-            hi_b = min(hi_b, size[1])
-            t = st["t_in"]
-            if t and hi_b > lo_b:
-                for s0, s1, p in ring(lo_b, hi_b):
-                    buf[cc + (slice(0, t), slice(s0, s1))] = carry[cc + (slice(0, t), slice(p, p + s1 - s0))]
-
-        def flush(upto: int) -> None:
-            """Finish row positions [lo, upto): final planes to labels, shared planes to the carry, slots reused.
-
-            The row buffer is a ring along the row axis (position p lives in slot ``p % roi_b``), so finishing
-            positions frees their slots for the positions ``roi_b`` further on without moving any data.
-            """
-            lo, a0, fin, t_out = st["lo"], st["a0"], st["fin"], st["t_out"]
-            upto = min(upto, size[1])
-            for s0, s1, p in ring(lo, upto):
-                nb = s1 - s0
-                for i in range(0, fin, 8):  # a few planes at a time keeps the argmax temporaries small
-                    j = min(i + 8, fin)
-                    labels[cc + (slice(a0 + i, a0 + j), slice(p, p + nb))] = channel_argmax(
-                        buf[cc + (slice(i, j), slice(s0, s1))], dim=1, dtype=labels.dtype
-                    )
-                if t_out:
-                    carry[cc + (slice(0, t_out), slice(p, p + nb))] = buf[cc + (slice(fin, fin + t_out), slice(s0, s1))]
-                buf[cc + (slice(None), slice(s0, s1))] = 0.0
-            st["lo"] = upto
-            load(lo + buf.shape[3], upto + buf.shape[3])
-
-        def advance(target: int) -> None:
-            while st["lo"] < target:
-                flush(min(target, st["lo"] + buf.shape[3]))
-
-        def start_row(a0: int) -> None:
-            nxt = next_start[a0]
-            fin = roi[0] if nxt is None else min(nxt - a0, roi[0])
-            st.update(a0=a0, lo=0, fin=fin, t_out=roi[0] - fin)
-            buf.zero_()
-            load(0, buf.shape[3])
-
-        predictions = self._run_windows(x, b, order, network, sw_device, args, kwargs)
-        first = next(predictions)  # the buffers take the class count and memory layout of the first prediction
-        n_cls = first[1].shape[1]
-        channels_last = _channels_last(first[1])
-        labels = torch.zeros((1, 1, *size), dtype=torch.uint8 if n_cls <= 256 else torch.int16, device=device)
-        slab_bytes = 4 * n_cls * roi[0] * math.prod(size[1:])
-        width = size[1] if slab_bytes <= self.stream_row_bytes else roi[1]
-        buf = _zeros((roi[0], width, *size[2:]), n_cls, channels_last, device)
-        carry = _zeros((carry_planes, *size[1:]), n_cls, channels_last, device)  # no planes: rows do not overlap
-        for win, pred in itertools.chain([first], predictions):
-            a_start = win[axis].start
-            if a_start != st["a0"]:
-                if st["a0"] >= 0:
-                    advance(size[1])
-                    st["t_in"] = st["t_out"]
-                start_row(a_start)
-            if win[inner].stop > st["lo"] + buf.shape[3]:  # the window needs slots still held by earlier positions
-                advance(win[inner].start)
-            pred = pred.mul_(w).permute(pred_perm)
-            cw = [win[d] for d in perm]
-            pred = pred.to(device)
-            rows = slice(cw[0].start - st["a0"], cw[0].stop - st["a0"])
-            for s0, s1, p in ring(cw[1].start, cw[1].stop):
-                q = p - cw[1].start
-                buf[cc + (rows, slice(s0, s1), *cw[2:])] += pred[cc + (slice(None), slice(q, q + s1 - s0))]
-            if bar is not None:
-                bar.update(1)
-        advance(size[1])
-        buf = carry = torch.empty(0)  # release the buffers before the permuted copy (the closures share the names)
-        inv = [perm.index(d) for d in range(nd)]
-        return labels.permute(0, 1, *[2 + d for d in inv]).contiguous()

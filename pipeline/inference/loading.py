@@ -28,7 +28,7 @@ from monai.transforms import Compose
 from pipeline.errors import ModelError, UsageError
 from pipeline.networks.state_dict import describe_mismatch
 
-__all__ = ["LoadedModel", "load_model", "load_checkpoint"]
+__all__ = ["LoadedModel", "load_model", "load_network_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class LoadedModel:
         source: where it came from (bundle path, or "preset:<name>").
         checkpoint: the weights file used.
         device: where the network lives.
+        architecture: the network's class name, recorded in sidecars (kept when ``network`` is later wrapped, e.g.
+            for timing); empty means ``type(network).__name__``.
     """
 
     network: nn.Module
@@ -72,6 +74,11 @@ class LoadedModel:
     source: str = ""
     checkpoint: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    architecture: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.architecture:
+            self.architecture = type(self.network).__name__
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary for sidecars."""
@@ -84,7 +91,7 @@ class LoadedModel:
             "channel_def": {str(k): v for k, v in self.channel_def.items()},
             "modality": self.modality,
             "mirror_axes": list(self.mirror_axes) if self.mirror_axes is not None else None,
-            "network": type(self.network).__name__,
+            "network": self.architecture,
             "parameters": int(sum(p.numel() for p in self.network.parameters())),
         }
 
@@ -104,7 +111,7 @@ def _unwrap_state(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
     return obj
 
 
-def load_checkpoint(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
+def load_network_weights(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
     """Load a plain (optionally nested under ``model``/``state_dict``) state dict into ``network`` strictly.
 
     Raises:
@@ -202,7 +209,7 @@ def _load_bundle(
     ckpt = Path(checkpoint) if checkpoint else bundle / "models" / "model.pt"
     untrained = False
     if ckpt.is_file():
-        load_checkpoint(network, ckpt)
+        load_network_weights(network, ckpt)
     elif allow_untrained and not checkpoint:
         untrained = True  # smoke tests only: the seeded random initialisation is kept
     else:
@@ -265,20 +272,19 @@ def _load_preset(
     if preprocessing is None:
         raise UsageError(f"--model {name} is a preset: pass --preprocessing PRESET (e.g. ct_abdomen, mri_hippocampus)")
     kwargs = dict(overrides or {})
-    if preset.axes == "zyx":
-        kwargs.setdefault("input_order", "xyz")  # MONAI (x, y, z) tensors in and out, same state_dict keys
+    if preset.axes != "xyz":
+        kwargs.setdefault("input_order", "xyz")  # MONAI (x, y, z) tensors and arguments, same state_dict keys
     if roi_size is None:
-        if preset.roi_size is None:
+        roi = preset.roi_size_in("xyz")
+        if roi is None:
             raise UsageError(f"preset {name} has no fixed window: pass --roi X Y Z")
-        roi = tuple(preset.roi_size)
-        roi = roi[::-1] if preset.axes == "zyx" else roi
     else:
         roi = tuple(int(r) for r in roi_size)
     try:
         network = create_network(name, **kwargs)
-    except TypeError as exc:
-        raise ModelError(f"preset {name}: {exc}") from exc
-    load_checkpoint(network, checkpoint)
+    except (TypeError, ValueError) as exc:  # the network rejects an argument: one line
+        raise ModelError(f"preset {name}: {' '.join(str(exc).split())}") from exc
+    load_network_weights(network, checkpoint)
     if isinstance(preprocessing, Compose):
         pre = preprocessing
         pre_name = "custom"
@@ -333,8 +339,11 @@ def load_model(
     Returns:
         a :class:`LoadedModel`.
 
+    On CPU the network gets the CPU kernels of :func:`pipeline.networks.optimize_for_cpu`.
+
     Raises:
-        UsageError: unknown preset or a missing option. ModelError: bad bundle config or checkpoint.
+        UsageError: unknown preset, a missing option, or a ``roi_size`` the network cannot run.
+        ModelError: bad bundle config or checkpoint, or a bundle window the network cannot run.
     """
     device = torch.device(device)
     path = Path(model).expanduser()
@@ -348,4 +357,15 @@ def load_model(
         loaded.roi_size = tuple(int(r) for r in roi_size)
     if len(loaded.roi_size) != 3:
         raise UsageError(f"window size {loaded.roi_size} must have 3 values (x y z)")
+    check = getattr(loaded.network, "check_input_size", None)
+    if callable(check):  # the network's ValueError becomes the CLI's one-line error, before any case runs
+        try:
+            check(loaded.roi_size)
+        except ValueError as exc:
+            error = UsageError if roi_size is not None else ModelError
+            raise error(f"--model {loaded.name}: window {loaded.roi_size} (x y z): {exc}") from exc
+    if device.type == "cpu":
+        from pipeline.networks import optimize_for_cpu
+
+        optimize_for_cpu(loaded.network)  # folded BatchNorm + oneDNN convs; same state dict
     return loaded

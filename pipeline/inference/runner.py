@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -41,9 +41,10 @@ from pipeline.inference.engine import SlidingWindowEngine
 from pipeline.inference.loading import LoadedModel
 from pipeline.inference.postprocess import keep_largest_component, label_dtype
 from pipeline.inference.tta import MirrorTTA
-from pipeline.utils.atomic import atomic_path, save_json_atomic
+from pipeline.utils.atomic import save_json_atomic, save_nifti_atomic
+from pipeline.utils.environment import software_versions
 
-__all__ = ["InferenceSettings", "CaseResult", "infer_cases", "predict_case", "save_label_nifti", "software_versions"]
+__all__ = ["InferenceSettings", "InferenceResult", "infer_cases", "predict_case", "save_label_nifti"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ class InferenceSettings:
 
 
 @dataclass
-class CaseResult:
-    """Outcome of one case: status is "ok", "skipped" (output exists) or "failed"."""
+class InferenceResult:
+    """Outcome of inference on one case: status is "ok", "skipped" (output exists) or "failed"."""
 
     case: str
     image: str
@@ -120,24 +121,6 @@ class CaseResult:
     output: str | None = None
     message: str = ""
     seconds: float = 0.0
-
-
-def software_versions() -> dict[str, str]:
-    """Versions recorded in every sidecar."""
-    import monai
-    import nibabel
-
-    from pipeline import __version__
-
-    return {
-        "medseg": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "numpy": np.__version__,
-        "nibabel": nibabel.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def make_engine(model: LoadedModel, settings: InferenceSettings) -> SlidingWindowEngine:
@@ -352,26 +335,24 @@ def save_label_nifti(
     overwrite: bool = True,
 ) -> Path:
     """Write a label map atomically with ``affine`` in both qform and sform; uint8 when labels fit, else uint16."""
-    import nibabel as nib
-
     dtype = label_dtype(labels, n_classes)
-    img = nib.Nifti1Image(np.asarray(labels).astype(dtype), np.asarray(affine, dtype=np.float64))
-    img.set_qform(affine, code=int(codes[0]))
-    img.set_sform(affine, code=int(codes[1]))
+    img = _nifti_image(np.asarray(labels).astype(dtype), affine, codes)
     img.header.set_data_dtype(dtype)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        nib.save(img, str(tmp))
-    return Path(path)
+    return save_nifti_atomic(img, path, overwrite=overwrite)
 
 
 def _save_probabilities(probs: np.ndarray, affine: np.ndarray, path: Path, codes: tuple[int, int]) -> None:
+    save_nifti_atomic(_nifti_image(probs, affine, codes), path)
+
+
+def _nifti_image(data: np.ndarray, affine: np.ndarray, codes: tuple[int, int]) -> Any:
+    """A NIfTI image of ``data`` with ``affine`` as its qform and sform, under the header codes ``codes``."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(probs, np.asarray(affine, dtype=np.float64))
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
     img.set_qform(affine, code=int(codes[0]))
     img.set_sform(affine, code=int(codes[1]))
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
+    return img
 
 
 def _remove_stale_temporaries(out_dir: Path, case: str, older_than: float) -> None:
@@ -401,7 +382,8 @@ def infer_cases(
     *,
     rank: int = 0,
     world_size: int = 1,
-) -> list[CaseResult]:
+    timing_hook: Callable[[], AbstractContextManager[Mapping[str, float]]] | None = None,
+) -> list[InferenceResult]:
     """Predict every case (this rank's share of them), writing ``<output_dir>/<case>.nii.gz`` + ``<case>.json``.
 
     A case whose output exists is skipped unless ``settings.overwrite``; a case that fails is reported (logged and
@@ -413,9 +395,12 @@ def infer_cases(
         output_dir: output folder (created).
         settings: :class:`InferenceSettings`.
         rank, world_size: shard ``cases[rank::world_size]`` (torchrun).
+        timing_hook: a context manager factory entered around each case's :func:`predict_case`; the stage ->
+            seconds mapping it yields (filled when it exits) is added to that case's sidecar ``timings_s``. The
+            benchmark's network timer uses it (``medseg benchmark``'s ``network`` stage).
 
     Returns:
-        one :class:`CaseResult` per case of this rank.
+        one :class:`InferenceResult` per case of this rank.
     """
     settings = settings or InferenceSettings()
     settings.validate()
@@ -431,7 +416,7 @@ def infer_cases(
     mine = _shard(cases, rank, world_size)
     engine = make_engine(model, settings)
     versions = software_versions()
-    results: list[CaseResult] = []
+    results: list[InferenceResult] = []
     show = not settings.quiet and rank == 0
     iterator: Any = mine
     if show:
@@ -446,14 +431,16 @@ def infer_cases(
         side_path = out_dir / f"{case}.json"
         _remove_stale_temporaries(out_dir, case, started)
         if out_path.exists() and side_path.exists() and not settings.overwrite and not item.get("error"):
-            results.append(CaseResult(case, image, "skipped", str(out_path), "output exists (use --overwrite)"))
+            results.append(InferenceResult(case, image, "skipped", str(out_path), "output exists (use --overwrite)"))
             continue
         t_case = time.perf_counter()
         try:
             if item.get("error"):  # found while listing the inputs (e.g. two files for one case name)
                 raise InputDataError(str(item["error"]), path=image)
-            with preferred_dicom_series(settings.series_uids):
+            hook = timing_hook() if timing_hook is not None else nullcontext({})
+            with preferred_dicom_series(settings.series_uids), hook as stage_seconds:
                 pred = predict_case(image, model, settings, engine)
+            pred["timings"].update(stage_seconds)
             report = input_report(pred["meta"])
             print_warnings(image, report.get("warnings") or [], prefix=f"case {case}: ")
             t0 = time.perf_counter()
@@ -494,12 +481,12 @@ def infer_cases(
                 "world_size": world_size,
             }
             save_json_atomic(sidecar, side_path)
-            results.append(CaseResult(case, image, "ok", str(out_path), seconds=seconds))
+            results.append(InferenceResult(case, image, "ok", str(out_path), seconds=seconds))
         except Exception as exc:  # noqa: BLE001 - one failing case must not stop the batch
             logger.debug("case %s failed:\n%s", case, traceback.format_exc())
             msg = " ".join(str(exc).split()) or type(exc).__name__
             if not isinstance(exc, PipelineError):
                 msg = f"{image}: {type(exc).__name__}: {msg}"
             print(f"error: case {case}: {msg}", file=sys.stderr)
-            results.append(CaseResult(case, image, "failed", None, msg, time.perf_counter() - t_case))
+            results.append(InferenceResult(case, image, "failed", None, msg, time.perf_counter() - t_case))
     return results

@@ -4,7 +4,7 @@ The bundles' ``train.json`` configs build a MONAI :class:`~monai.engines.Supervi
 ``medseg train --bundle DIR`` (:mod:`pipeline.training.cli`) runs them.
 """
 
-from pipeline.training.checkpoint import ResumableCheckpoint, capture_rng_state, load_checkpoint, restore_rng_state
+from pipeline.training.checkpoint import ResumableCheckpoint, capture_rng_state, load_training_state, restore_rng_state
 from pipeline.training.determinism import EpochSeeder
 from pipeline.training.handlers import GradientClipHandler, ProgressBar, TrainingLog
 from pipeline.training.losses import DiceCEDeepSupervisionLoss, build_loss, deep_supervision_weights
@@ -23,7 +23,7 @@ __all__ = [
     "build_poly_scheduler",
     "capture_rng_state",
     "deep_supervision_weights",
-    "load_checkpoint",
+    "load_training_state",
     "poly_lr",
     "restore_rng_state",
 ]

@@ -2,37 +2,45 @@
 exist (:func:`require_weights` refuses to run a bundle without ``models/model.pt`` unless ``allow_untrained``).
 
 A MONAI bundle config cannot see its own file name, and the model zoo works around that by requiring the working
-directory to be the bundle root. :func:`bundle_root` instead finds the config file the running MONAI workflow (or
-``ConfigParser``-based script such as ``ckpt_export``/``verify_net_in_out``) was given, so
-``python -m monai.bundle run --config_file /any/path/bundles/<name>/configs/inference.json`` works from any working
-directory. An explicit ``--bundle_root DIR`` override always wins, because it replaces the expression.
+directory to be the bundle root (``"bundle_root": "."``). :func:`bundle_root` instead reads the config file from the
+command line of a ``python -m monai.bundle`` process (``run``, ``verify_net_in_out``, ``ckpt_export``..., also under
+``torchrun``), so ``python -m monai.bundle run --config_file /any/path/bundles/<name>/configs/inference.json`` works
+from any working directory. Python callers that build a ``ConfigWorkflow`` or ``ConfigParser`` themselves pass the
+folder (``medseg train``/``infer``/``benchmark``/``demo`` set ``bundle_root``); an explicit ``--bundle_root DIR``
+override always wins, because it replaces the expression.
 """
 
 from __future__ import annotations
 
-import inspect
+import ast
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-from monai.bundle import ConfigWorkflow
 
 from pipeline.errors import EXIT_MODEL, EXIT_USAGE
 from pipeline.paths import BUNDLES_DIR, find_data_root
 
-__all__ = ["bundle_root", "dataset_dir", "require_weights", "MissingWeightsExit"]
+__all__ = ["bundle_root", "command_line_config", "dataset_dir", "require_weights", "MissingWeightsExit"]
 
-#: local-variable names that hold the config file(s) in MONAI's bundle entry points (``monai.bundle.scripts``)
-_CONFIG_LOCALS = ("config_file", "config_file_", "_config_files", "config_files")
+#: the options of MONAI's bundle entry points (``monai.bundle.scripts``, parsed by ``fire``) that name config files
+_CONFIG_OPTIONS = ("config_file", "config-file")
+_CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 def _as_paths(value: object) -> Iterable[Path]:
+    """The file paths of a ``config_file`` value: a path, a list, or the CLI's ``"['a.json','b.json']"``/``"a,b"``."""
     if isinstance(value, (str, os.PathLike)):
-        text = str(value)
+        text = str(value).strip()
         if text.startswith("[") and text.endswith("]"):  # a CLI list given as a string
-            for part in text[1:-1].split(","):
-                yield Path(part.strip().strip("'\""))
+            try:
+                parsed = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                parsed = [part.strip().strip("'\"") for part in text[1:-1].split(",")]
+            yield from _as_paths(parsed)
+        elif "," in text and not Path(text).is_file():  # monai.bundle also splits "a.json,b.json"
+            for part in text.split(","):
+                yield Path(part.strip())
         else:
             yield Path(text)
     elif isinstance(value, (list, tuple)):
@@ -46,34 +54,76 @@ def _root_of(config_file: Path) -> Path:
     return folder.parent if folder.name == "configs" else folder
 
 
-def bundle_root(name: str | None = None) -> str:
-    """The folder of the bundle whose config is being parsed.
+def _option(argv: Sequence[str], names: Sequence[str]) -> str | None:
+    """The value of ``--NAME VALUE`` or ``--NAME=VALUE`` in ``argv`` (the last one given), else None."""
+    found = None
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == f"--{name}" and i + 1 < len(argv):
+                found = argv[i + 1]
+            elif arg.startswith(f"--{name}="):
+                found = arg.split("=", 1)[1]
+    return found
 
-    Looked up, in order: a running ``ConfigWorkflow``'s ``config_root_path``; the ``config_file`` argument of a MONAI
-    bundle function on the call stack; ``bundles/<name>`` of this project; the working directory.
+
+def command_line_config(argv: Sequence[str] | None = None) -> Path | None:
+    """The first config file of a ``python -m monai.bundle ...`` command line, else None.
+
+    The file is the ``--config_file`` value (a path, or a list as ``"['train.json','multi_gpu_train.json']"``), or
+    the ``config_file`` of the ``--args_file`` MONAI reads; a relative path is taken from the working directory, as
+    MONAI does. Other processes (``medseg``, pytest, a user's script) give None: their configs are found by the
+    caller, which sets ``bundle_root``.
+
+    Args:
+        argv: the command line; default ``sys.argv``.
+
+    Examples:
+        >>> import monai.bundle, os
+        >>> main = os.path.join(os.path.dirname(monai.bundle.__file__), "__main__.py")
+        >>> cfg = BUNDLES_DIR / "unetrpp_sts_ct_segmentation" / "configs" / "train.json"
+        >>> command_line_config([main, "run", "--config_file", f"['{cfg}', 'multi_gpu_train.json']"]) == cfg
+        True
+        >>> command_line_config(["pytest", "--config_file", str(cfg)]) is None  # not a monai.bundle process
+        True
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return None
+    value: object = _option(argv[1:], _CONFIG_OPTIONS)
+    if value is None:
+        args_file = _option(argv[1:], ("args_file", "args-file"))
+        if args_file is None or not Path(args_file).is_file():
+            return None
+        from monai.bundle import ConfigParser
+
+        value = ConfigParser.load_config_file(args_file).get("config_file")
+    for path in _as_paths(value):
+        if path.suffix.lower() in _CONFIG_SUFFIXES and path.is_file():
+            return path
+    return None
+
+
+def bundle_root(name: str | None = None) -> str:
+    """The folder of the bundle whose config is being parsed (``"bundle_root"`` of every bundle config).
+
+    Looked up, in order: the config file of a ``python -m monai.bundle`` command line
+    (:func:`command_line_config`; its parent, or the folder above ``configs/``); ``bundles/<name>`` of this project;
+    the working directory. No call-stack inspection: a Python caller running a bundle that is not one of this
+    project's ``bundles/`` passes ``bundle_root`` (``ConfigWorkflow(..., bundle_root=DIR)`` or
+    ``parser["bundle_root"] = DIR``), as ``medseg`` does.
 
     Args:
         name: the bundle's folder name, used for the project fallback.
 
     Examples:
-        >>> import os; os.path.isdir(bundle_root())
+        >>> bundle_root("unetrpp_hippocampus_mri_segmentation").endswith("unetrpp_hippocampus_mri_segmentation")
+        True
+        >>> import os; bundle_root("no_such_bundle") == os.getcwd()
         True
     """
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            local = frame.f_locals
-            owner = local.get("self")
-            if isinstance(owner, ConfigWorkflow) and getattr(owner, "config_root_path", None) is not None:
-                folder = Path(owner.config_root_path).resolve()
-                return str(folder.parent if folder.name == "configs" else folder)
-            for key in _CONFIG_LOCALS:
-                for path in _as_paths(local.get(key)):
-                    if path.suffix in (".json", ".yaml", ".yml") and path.is_file():
-                        return str(_root_of(path))
-            frame = frame.f_back
-    finally:
-        del frame
+    config = command_line_config()
+    if config is not None:
+        return str(_root_of(config))
     if name and (BUNDLES_DIR / name).is_dir():
         return str(BUNDLES_DIR / name)
     return os.getcwd()

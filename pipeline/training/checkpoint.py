@@ -26,7 +26,7 @@ from ignite.engine import Engine, Events
 from pipeline.errors import ModelError
 from pipeline.utils.atomic import atomic_path
 
-__all__ = ["ResumableCheckpoint", "capture_rng_state", "restore_rng_state", "unwrap_module", "load_checkpoint"]
+__all__ = ["ResumableCheckpoint", "capture_rng_state", "restore_rng_state", "unwrap_module", "load_training_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def load_checkpoint(save_dir: str | os.PathLike) -> tuple[dict[str, Any], Path] | None:
-    """Load ``checkpoint.pt`` from ``save_dir`` (falling back to ``checkpoint_prev.pt``); None when there is none.
+def load_training_state(save_dir: str | os.PathLike) -> tuple[dict[str, Any], Path] | None:
+    """Load the resumable training state of ``save_dir``: ``checkpoint.pt``, falling back to ``checkpoint_prev.pt``;
+    None when there is none.
 
     Raises:
         ModelError: a checkpoint exists but neither file can be read.
@@ -177,7 +178,7 @@ class ResumableCheckpoint:
         logger.info("saved %s (epoch %d, iteration %d)", final, engine.state.epoch, engine.state.iteration)
 
     def load(self, engine: Engine) -> None:
-        found = load_checkpoint(self.save_dir)
+        found = load_training_state(self.save_dir)
         if found is None:
             logger.warning("resume requested but %s holds no checkpoint: starting from scratch", self.save_dir)
             return

@@ -70,6 +70,7 @@ def run_bundle_workflow(bundle: str | Path, configs: list[str], workflow_type: s
     if not (bundle / "configs").is_dir():
         raise UsageError("not a bundle folder (no configs/ inside)", path=bundle)
     files = _bundle_configs(bundle, configs)
+    overrides.setdefault("bundle_root", str(bundle.resolve()))  # a config cannot see its own folder
     workflow = ConfigWorkflow(config_file=files, workflow_type=workflow_type, **overrides)
     try:
         workflow.initialize()

@@ -15,7 +15,7 @@ Examples:
     ...     {"epoch": 1, "iteration": 2, "epoch_loss": 0.8, "seconds": 3.0, "val_mean_dice": 0.5}]))
     >>> [r["epoch"] for r in read_epochs(log)]
     [1]
-    >>> print(markdown_table(read_epochs(log)).splitlines()[2])
+    >>> print(epoch_table(read_epochs(log)).splitlines()[2])
     | 1 | 2 | 0.8000 | 0.5000 | 3 |
 """
 
@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import InputDataError
+from pipeline.utils.tables import markdown_table
 
-__all__ = ["read_epochs", "markdown_table", "plot_curve", "main"]
+__all__ = ["read_epochs", "epoch_table", "plot_curve", "main"]
 
 
 def read_epochs(path: str | os.PathLike) -> list[dict]:
@@ -62,23 +63,26 @@ def _metric_names(epochs: Sequence[dict]) -> list[str]:
     return sorted({k for r in epochs for k in r if k.startswith("val_")})
 
 
-def markdown_table(epochs: Sequence[dict]) -> str:
-    """One row per epoch: epoch, iterations, mean train loss, each validation metric (``-`` when not validated),
-    epoch time in seconds."""
+def _finite(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def epoch_table(epochs: Sequence[dict]) -> str:
+    """The Markdown table of a run, one row per epoch: epoch, iterations, mean train loss, each validation metric
+    (``-`` when not validated), epoch time in seconds."""
     metrics = _metric_names(epochs)
     head = ["epoch", "iterations", "train loss (epoch mean)", *(m.removeprefix("val_") for m in metrics), "time (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in epochs:
-        vals = [f"{r[m]:.4f}" if isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) else "-" for m in metrics]
-        cells = [
-            str(r["epoch"]),
-            str(r.get("iteration", "-")),
-            f"{r['epoch_loss']:.4f}",
-            *vals,
-            f"{r.get('seconds', float('nan')):.0f}",
+    rows = [
+        [
+            r["epoch"],
+            r.get("iteration", "-"),
+            float(r["epoch_loss"]),
+            *(_finite(r.get(m)) for m in metrics),
+            float(r.get("seconds", float("nan"))),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for r in epochs
+    ]
+    return markdown_table(head, rows, floatfmt=["", "", ".4f", *[".4f"] * len(metrics), ".0f"], missing="-")
 
 
 def plot_curve(epochs: Sequence[dict], png: str | os.PathLike, title: str = "") -> Path:
@@ -126,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    print(markdown_table(epochs))
+    print(epoch_table(epochs))
     if args.png:
         print(f"wrote {plot_curve(epochs, args.png, args.title)}", file=sys.stderr)
     return 0

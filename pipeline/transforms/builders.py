@@ -40,7 +40,7 @@ from monai.transforms import (
 
 from pipeline.errors import InputDataError, UsageError
 from pipeline.transforms.checks import CheckedCompose, CheckImaged
-from pipeline.transforms.presets import get_preset
+from pipeline.transforms.presets import get_preprocessing_preset
 
 #: keys whose data are label maps (nearest-neighbour resampling, no intensity transform)
 LABEL_KEYS = ("label", "seg", "mask", "pred")
@@ -91,7 +91,7 @@ def resolve_preset(
     Raises:
         UsageError: when a number the preset needs is still missing (the message says which and how to provide it).
     """
-    spec = get_preset(preset)
+    spec = get_preprocessing_preset(preset)
     fp = load_fingerprint(fingerprint) if fingerprint is not None else None
     name = preset if isinstance(preset, str) else "<custom>"
     if spacing is not None:

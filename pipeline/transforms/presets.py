@@ -104,7 +104,7 @@ _INTENSITY_KEYS = {
 _TOP_KEYS = {"description", "source", "modality", "channels", "orientation", "spacing", "intensity", "crop_foreground"}
 
 
-def get_preset(preset: str | Mapping[str, Any]) -> dict[str, Any]:
+def get_preprocessing_preset(preset: str | Mapping[str, Any]) -> dict[str, Any]:
     """Return a deep copy of a named preset (or of a preset dict), with its schema validated.
 
     Raises:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputDataError
+from pipeline.utils.tables import markdown_table
 
 
 def summarise_preprocessing(
@@ -34,7 +35,7 @@ def summarise_preprocessing(
     preprocessed image's ``min``/``max``/``mean``/``std`` and the label voxel counts; a case that fails to load gets an
     ``error`` entry instead (the other cases still run).
     """
-    from pipeline.data.check import spacing_from_affine
+    from pipeline.data.geometry import spacing_from_affine
     from pipeline.transforms.builders import build_preprocessing
 
     with_label = build_preprocessing(preset, keys=("image", "label"), fingerprint=fingerprint)
@@ -78,23 +79,24 @@ def summarise_preprocessing(
 
 def format_preprocessing_summary(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`summarise_preprocessing` rows."""
-    lines = [
-        "| case | original shape @ spacing | preprocessed shape @ spacing | intensity min..max (mean +- std) "
-        "| label voxels |",
-        "|---|---|---|---|---|",
+
+    def geo(shape: list, sp: list) -> str:
+        return "x".join(map(str, shape)) + " @ " + "x".join(f"{s:g}" for s in sp)
+
+    head = [
+        "case",
+        "original shape @ spacing",
+        "preprocessed shape @ spacing",
+        "intensity min..max (mean +- std)",
+        "label voxels",
     ]
+    cells: list[list[str]] = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | FAILED: {r['error']} | | | |")
+            cells.append([r["case"], f"FAILED: {r['error']}", "", "", ""])
             continue
-
-        def geo(shape: list, sp: list) -> str:
-            return "x".join(map(str, shape)) + " @ " + "x".join(f"{s:g}" for s in sp)
-
         counts = " ".join(f"{k}:{v}" for k, v in sorted(r.get("label_counts", {}).items()) if k) or "-"
-        lines.append(
-            f"| {r['case']} | {geo(r['original_shape'], r['original_spacing'])} | "
-            f"{geo(r['shape'], r['spacing'])} | {r['min']:.3g}..{r['max']:.3g} ({r['mean']:.3g} +- "
-            f"{r['std']:.3g}) | {counts} |"
-        )
-    return "\n".join(lines)
+        original, preprocessed = geo(r["original_shape"], r["original_spacing"]), geo(r["shape"], r["spacing"])
+        intensity = f"{r['min']:.3g}..{r['max']:.3g} ({r['mean']:.3g} +- {r['std']:.3g})"
+        cells.append([r["case"], original, preprocessed, intensity, counts])
+    return markdown_table(head, cells)

@@ -67,7 +67,20 @@ def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def save_nifti_atomic(img: Any, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
-    """Save a nibabel image to ``path`` atomically."""
+    """Save a nibabel image to ``path`` atomically: the one NIfTI writer of the pipeline's outputs.
+
+    Args:
+        img: a nibabel image (e.g. ``Nifti1Image``), saved as ``nib.save`` would.
+        path: the final file; its extension (``.nii.gz``) chooses the format.
+        overwrite: when False and ``path`` exists, raise ``FileExistsError``.
+
+    Examples:
+        >>> import tempfile, pathlib, numpy as np, nibabel as nib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.nii.gz"
+        >>> _ = save_nifti_atomic(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), out)
+        >>> nib.load(out).shape, sorted(p.name for p in out.parent.iterdir())
+        ((2, 2, 2), ['a.nii.gz'])
+    """
     import nibabel as nib
 
     with atomic_path(path, overwrite=overwrite) as tmp:

@@ -8,7 +8,13 @@ registered by :mod:`pipeline.networks.swin3d.presets`; build them with
 from pipeline.networks.swin3d.attention import LocalGlobalAttention3D, SwinAttention3D, WindowAttention3D
 from pipeline.networks.swin3d.blocks import SwinBlock3D, SwinStage3D
 from pipeline.networks.swin3d.cnn_branch import CNNBranch3D
-from pipeline.networks.swin3d.fusion import AttentionGate3D, BiFusion3D, ConcatLinearFusion, SpatialAttentionFusion3D
+from pipeline.networks.swin3d.fusion import (
+    AttentionGate3D,
+    BiFusion3D,
+    CNNTokenAdd,
+    ConcatLinearFusion,
+    SpatialAttentionFusion3D,
+)
 from pipeline.networks.swin3d.guided import ChannelAttention3D, GuidedAttentionBottleneck, PositionAttention3D
 from pipeline.networks.swin3d.sampling import FinalExpand3D, PatchEmbed3D, PatchExpand3D, PatchMerging3D
 from pipeline.networks.swin3d.swin_unet import SwinUnet3D
@@ -18,6 +24,7 @@ __all__ = [
     "BiFusion3D",
     "CNNBranch3D",
     "ChannelAttention3D",
+    "CNNTokenAdd",
     "ConcatLinearFusion",
     "FinalExpand3D",
     "GuidedAttentionBottleneck",

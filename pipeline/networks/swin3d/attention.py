@@ -23,11 +23,13 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.networks.shapes import shape_text
 from pipeline.networks.swin3d.windows import (
     as_triple,
     clamp_window,
@@ -64,11 +66,12 @@ class WindowAttention3D(nn.Module):
     ``(B, S0, S1, S2, heads * head_dim)`` before the output projection.
     """
 
-    # buffers (register_buffer in __init__)
-    relative_position_index: torch.Tensor
-    shift_mask: torch.Tensor
-    window_order: torch.Tensor
-    grid_order: torch.Tensor
+    if TYPE_CHECKING:  # buffers (register_buffer in __init__); hidden from TorchScript, which would read these
+        # class annotations (strings here) as attribute types
+        relative_position_index: torch.Tensor
+        shift_mask: torch.Tensor
+        window_order: torch.Tensor
+        grid_order: torch.Tensor
 
     def __init__(
         self,
@@ -103,7 +106,8 @@ class WindowAttention3D(nn.Module):
         order = window_partition(rolled[None], window).reshape(-1)
         self.register_buffer("window_order", order, persistent=False)
         self.register_buffer("grid_order", torch.argsort(order), persistent=False)
-        self._cache: dict[tuple, torch.Tensor] = {}
+        self.shifted = any(shift)
+        self._cache = dict[tuple, torch.Tensor]()  # not an annotated {}: TorchScript warns about those
 
     @property
     def num_tokens(self) -> int:
@@ -130,6 +134,11 @@ class WindowAttention3D(nn.Module):
         return bias.to(dtype)
 
     def _attn_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # TorchScript leaves the cache out: a scripted model gathers every call
+            return self._cached_attn_mask(dtype)
+        return self._combined_mask(dtype)
+
+    def _cached_attn_mask(self, dtype: torch.dtype) -> torch.Tensor:
         table = self.relative_position_bias_table
         if self.training or (torch.is_grad_enabled() and table.requires_grad):
             return self._combined_mask(dtype)
@@ -143,8 +152,9 @@ class WindowAttention3D(nn.Module):
         return mask
 
     def _check(self, x: torch.Tensor, what: str) -> None:
-        if x.ndim != 5 or tuple(x.shape[1:4]) != self.grid:
-            raise ValueError(f"expected {what} of shape (B, {', '.join(map(str, self.grid))}, C), got {tuple(x.shape)}")
+        s0, s1, s2 = self.grid
+        if x.ndim != 5 or list(x.shape[1:4]) != [s0, s1, s2]:
+            raise ValueError(f"expected {what} of shape (B, {s0}, {s1}, {s2}, C), got {shape_text(list(x.shape))}")
 
     def partition(self, x: torch.Tensor) -> torch.Tensor:
         """Roll (SW-MSA) and partition a grid in one gather: ``(B, S0, S1, S2, C) -> (B * nW, N, C)``."""
@@ -155,7 +165,8 @@ class WindowAttention3D(nn.Module):
     def reverse(self, windows: torch.Tensor, batch: int) -> torch.Tensor:
         """Inverse of :meth:`partition`: ``(B * nW, N, C) -> (B, S0, S1, S2, C)``."""
         c = windows.shape[-1]
-        return windows.reshape(batch, -1, c).index_select(1, self.grid_order).view(batch, *self.grid, c)
+        s0, s1, s2 = self.grid
+        return windows.reshape(batch, -1, c).index_select(1, self.grid_order).view(batch, s0, s1, s2, c)
 
     def attend(self, qkv: torch.Tensor, batch: int) -> torch.Tensor:
         """Attention inside windows: ``(B * nW, N, 3 * heads * d) -> (B * nW, N, heads * d)``."""
@@ -170,11 +181,11 @@ class WindowAttention3D(nn.Module):
         if self.attn_impl == "sdpa":
             return self.reverse(self.attend(self.partition(qkv), b), b)
         # the readable oracle: cyclic roll, window partition, attention, reverse, roll back (as Swin / MONAI)
-        shift = self.shift_size
-        if any(shift):
-            qkv = torch.roll(qkv, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-        x = window_reverse(self.attend(window_partition(qkv, self.window_size), b), self.window_size, (b, *self.grid))
-        if any(shift):
+        shift, (s0, s1, s2) = self.shift_size, self.grid
+        if self.shifted:
+            qkv = torch.roll(qkv, shifts=(-shift[0], -shift[1], -shift[2]), dims=(1, 2, 3))
+        x = window_reverse(self.attend(window_partition(qkv, self.window_size), b), self.window_size, (b, s0, s1, s2))
+        if self.shifted:
             x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
         return x
 
@@ -183,10 +194,11 @@ class WindowAttention3D(nn.Module):
         if mask.shape[0] == 1 or batch == 1:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         nw = q.shape[0] // batch  # shifted windows, batch > 1: one sample at a time, the mask stays (nW, heads, N, N)
-        chunks = [slice(i * nw, (i + 1) * nw) for i in range(batch)]
-        return torch.cat(
-            [F.scaled_dot_product_attention(q[c], k[c], v[c], attn_mask=mask, scale=self.scale) for c in chunks]
-        )
+        outs = []
+        for i in range(batch):
+            lo, hi = i * nw, (i + 1) * nw
+            outs.append(F.scaled_dot_product_attention(q[lo:hi], k[lo:hi], v[lo:hi], attn_mask=mask, scale=self.scale))
+        return torch.cat(outs)
 
     def _attend_naive(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int) -> torch.Tensor:
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (B * nW, heads, N, N)
@@ -312,6 +324,7 @@ class LocalGlobalAttention3D(nn.Module):
         else:
             heads = [num_heads] * len(wins)
         self.heads_per_path = heads
+        self.num_heads = sum(heads)
         self.head_dim = head_dim
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.qkv_local = None if self.share_qkv else nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -322,14 +335,18 @@ class LocalGlobalAttention3D(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the paths are a ModuleList of 1 or 2 entries: looped over (TorchScript indexes them with literals only)
         qkv = self.qkv(x)
-        if len(self.paths) == 1:
-            return self.proj(self.paths[0](qkv))
+        outs: list[torch.Tensor] = []
         if self.mode == "head_split":
-            shape = qkv.shape[:-1]
-            qkv = qkv.view(*shape, 3, sum(self.heads_per_path), self.head_dim)
+            shape = list(qkv.shape[:-1])
+            qkv = qkv.view(shape + [3, self.num_heads, self.head_dim])
             h0 = self.heads_per_path[0]
-            parts = [qkv[..., :h0, :].reshape(*shape, -1), qkv[..., h0:, :].reshape(*shape, -1)]
-            return self.proj(torch.cat([p(q) for p, q in zip(self.paths, parts)], dim=-1))
+            parts = [qkv[..., :h0, :].reshape(shape + [-1]), qkv[..., h0:, :].reshape(shape + [-1])]
+            for i, path in enumerate(self.paths):
+                outs.append(path(parts[i]))
+            return self.proj(torch.cat(outs, dim=-1))
         qkv_local = qkv if self.qkv_local is None else self.qkv_local(x)
-        return self.proj(self.paths[0](qkv) + self.paths[1](qkv_local))
+        for i, path in enumerate(self.paths):
+            outs.append(path(qkv if i == 0 else qkv_local))
+        return self.proj(outs[0] if len(outs) == 1 else outs[0] + outs[1])

@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from monai.networks.blocks import MLPBlock
-from monai.networks.layers import DropPath
 
 from pipeline.networks.swin3d.attention import LocalGlobalAttention3D, SwinAttention3D
+from pipeline.networks.swin3d.layers import DropPath
 from pipeline.networks.swin3d.windows import as_triple
 
 BLOCK_TYPES = ("swin", "lgt")
@@ -45,6 +45,7 @@ class SwinBlock3D(nn.Module):
         qkv_bias: bias in qkv.
         drop_path: stochastic depth rate of this block.
         attn_impl: ``"sdpa"`` or ``"naive"``.
+        act: MONAI activation spec of the MLP (as ``MLPBlock``'s ``act``).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class SwinBlock3D(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         attn_impl: str = "sdpa",
+        act: tuple | str = "GELU",
     ) -> None:
         super().__init__()
         if block not in BLOCK_TYPES:
@@ -79,7 +81,7 @@ class SwinBlock3D(nn.Module):
             )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), 0.0, act="GELU")
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), 0.0, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -91,7 +93,7 @@ class SwinStage3D(nn.Module):
 
     Args:
         dim, num_heads, grid, window_size, block, lgt_windows, lgt_share_qkv, lgt_mode, mlp_ratio, qkv_bias,
-            attn_impl: as in :class:`SwinBlock3D`.
+            attn_impl, act: as in :class:`SwinBlock3D`.
         depth: number of blocks.
         drop_path: one rate for all blocks, or one per block.
         use_checkpoint: gradient checkpointing per block (saves memory in training).
@@ -113,6 +115,7 @@ class SwinStage3D(nn.Module):
         drop_path: float | Sequence[float] = 0.0,
         attn_impl: str = "sdpa",
         use_checkpoint: bool = False,
+        act: tuple | str = "GELU",
     ) -> None:
         super().__init__()
         rates = [float(drop_path)] * depth if isinstance(drop_path, (int, float)) else [float(r) for r in drop_path]
@@ -134,14 +137,16 @@ class SwinStage3D(nn.Module):
                 qkv_bias,
                 rates[i],
                 attn_impl,
+                act,
             )
             for i in range(depth)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
-            if self.use_checkpoint and x.requires_grad:
-                x = cp.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+            if not torch.jit.is_scripting():  # TorchScript leaves this branch out: a scripted model never checkpoints
+                if self.use_checkpoint and x.requires_grad:
+                    x = cp.checkpoint(blk, x, use_reentrant=False)
+                    continue
+            x = blk(x)
         return x

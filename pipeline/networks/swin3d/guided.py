@@ -107,21 +107,27 @@ class GuidedAttentionBottleneck(nn.Module):
         self.guided_weight, self.reconstruction_weight = guided_weight, reconstruction_weight
         self.passes = nn.ModuleList([_PamCam(dim) for _ in range(2 if guided_aux else 1)])
         self.autoencoders = nn.ModuleList([_TokenAutoEncoder(dim) for _ in range(2)]) if guided_aux else None
-        self.aux_losses: dict[str, torch.Tensor] = {}
+        self.aux_losses = dict[str, torch.Tensor]()  # not an annotated {}: TorchScript warns about those
+
+    #: training-only state: a scripted (TorchScript) bottleneck runs the same passes but keeps no losses
+    __jit_ignored_attributes__ = ["aux_losses"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.aux_losses = {}
+        if not torch.jit.is_scripting():  # the branches on is_scripting() are left out of a TorchScript model
+            self.aux_losses = {}
         if self.autoencoders is None:
             return self.passes[0](x)
-        latents, recon_loss = [], x.new_zeros(())
+        latents: list[torch.Tensor] = []
+        recon_loss = x.new_zeros(())
         for attn, ae in zip(self.passes, self.autoencoders):
             z, recon, sem = ae(x)
             latents.append(z)
             recon_loss = recon_loss + F.mse_loss(recon, x)
             x = attn(x) * sem
-        if self.training:
-            self.aux_losses = {
-                "guided": self.guided_weight * F.mse_loss(latents[0], latents[1]),
-                "reconstruction": self.reconstruction_weight * recon_loss,
-            }
+        if not torch.jit.is_scripting():
+            if self.training:
+                self.aux_losses = {
+                    "guided": self.guided_weight * F.mse_loss(latents[0], latents[1]),
+                    "reconstruction": self.reconstruction_weight * recon_loss,
+                }
         return x

@@ -26,10 +26,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from pipeline.networks.swin3d.windows import as_triple
+from pipeline.networks.shapes import shape_text
+from pipeline.networks.swin3d.windows import Int3, as_triple
 
 
-def pixel_shuffle_3d(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+def pixel_shuffle_3d(x: torch.Tensor, factors: Int3) -> torch.Tensor:
     """``(B, S0, S1, S2, f0 f1 f2 C) -> (B, f0 S0, f1 S1, f2 S2, C)``.
 
     Input channel ``((p0 f1 + p1) f2 + p2) C + c`` becomes channel ``c`` of sub-voxel ``(p0, p1, p2)``.
@@ -63,6 +64,7 @@ class PatchMerging3D(nn.Module):
 
     #: neighbour offsets in channel-block order
     OFFSETS = tuple(itertools.product((0, 1), repeat=3))
+    __constants__ = ["OFFSETS"]  # a TorchScript constant (a class attribute is not seen otherwise)
 
     def __init__(self, dim: int, out_dim: int | None = None) -> None:
         super().__init__()
@@ -70,9 +72,12 @@ class PatchMerging3D(nn.Module):
         self.reduction = nn.Linear(8 * dim, out_dim or 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5 or any(s % 2 for s in x.shape[1:4]):
-            raise ValueError(f"PatchMerging3D needs (B, S0, S1, S2, C) with even S, got {tuple(x.shape)}")
-        x = torch.cat([x[:, i::2, j::2, k::2] for i, j, k in self.OFFSETS], dim=-1)
+        if x.ndim != 5 or x.shape[1] % 2 != 0 or x.shape[2] % 2 != 0 or x.shape[3] % 2 != 0:
+            raise ValueError(f"PatchMerging3D needs (B, S0, S1, S2, C) with even S, got {shape_text(list(x.shape))}")
+        parts = []
+        for i, j, k in self.OFFSETS:
+            parts.append(x[:, i::2, j::2, k::2])
+        x = torch.cat(parts, dim=-1)
         return self.reduction(self.norm(x))
 
 

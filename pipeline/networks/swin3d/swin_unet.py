@@ -29,6 +29,12 @@ Options (all constructor arguments, usable from bundle JSON):
 * ``window_size``: ``None`` (auto: window 4 clamped to the grid, adjusted to tile it, on all but the last two stages;
   those are global), an int for all stages, or one entry (int or 3 ints) per stage.
 * ``attn_impl``: ``"sdpa"`` | ``"naive"`` (the readable oracle).
+* ``norm_name`` / ``act_name``: MONAI norm/activation specs (``get_norm_layer`` / ``get_act_layer``) of the
+  convolutional parts (CNN branch, BiFusion norms); ``mlp_act``: the transformer MLPs' activation. The token norms
+  are LayerNorms, as in MONAI's ``SwinUNETR``.
+
+Every skip fusion is called as ``fusion(x, skip, coarse)`` and every CNN fusion as ``fusion(cnn_feature, tokens)``
+(see :mod:`pipeline.networks.swin3d.fusion`).
 
 Training with the guided auxiliary losses::
 
@@ -51,16 +57,20 @@ from typing import Any, cast
 import torch
 import torch.nn as nn
 
+from pipeline.networks.shapes import shape_text
 from pipeline.networks.swin3d.blocks import BLOCK_TYPES, SwinStage3D
 from pipeline.networks.swin3d.cnn_branch import CNNBranch3D
 from pipeline.networks.swin3d.fusion import (
     GATE_MODES,
     AttentionGate3D,
     BiFusion3D,
+    CNNTokenAdd,
     ConcatLinearFusion,
     SpatialAttentionFusion3D,
 )
 from pipeline.networks.swin3d.guided import GuidedAttentionBottleneck
+from pipeline.networks.swin3d.interfaces import SkipFusion, TokenModule
+from pipeline.networks.swin3d.layers import DEFAULT_CNN_ACT, DEFAULT_NORM
 from pipeline.networks.swin3d.sampling import FINAL_MODES, FinalExpand3D, PatchEmbed3D, PatchExpand3D, PatchMerging3D
 from pipeline.networks.swin3d.windows import Int3, as_triple, clamp_window
 
@@ -133,6 +143,19 @@ class SwinUnet3D(nn.Module):
             encoder stage's rates (as Swin-Unet).
         attn_impl: ``"sdpa"`` or ``"naive"``.
         use_checkpoint: gradient checkpointing in every stage.
+        norm_name: MONAI norm spec of the CNN branch and of BiFusion (default GroupNorm with up to 8 groups, fitted
+            to each width by :func:`~pipeline.networks.swin3d.layers.fit_norm`).
+        act_name: MONAI activation spec of the CNN branch (default LeakyReLU 0.01).
+        mlp_act: MONAI activation spec of the transformer MLPs (default GELU).
+
+    Examples:
+        >>> import torch
+        >>> net = SwinUnet3D(1, 2, roi_size=(16, 16, 16), patch_size=2, embed_dim=8, num_heads=(1, 2, 2, 4),
+        ...                  cnn_branch=True, skip_fusion="bifusion", norm_name="batch", act_name="relu")
+        >>> type(net.cnn.stem[1]).__name__, type(net.cnn.stem[2]).__name__
+        ('BatchNorm3d', 'ReLU')
+        >>> tuple(net.eval()(torch.randn(1, 1, 16, 16, 16)).shape)
+        (1, 2, 16, 16, 16)
     """
 
     def __init__(
@@ -167,6 +190,9 @@ class SwinUnet3D(nn.Module):
         drop_path_rate: float = 0.2,
         attn_impl: str = "sdpa",
         use_checkpoint: bool = False,
+        norm_name: tuple | str = DEFAULT_NORM,
+        act_name: tuple | str = DEFAULT_CNN_ACT,
+        mlp_act: tuple | str = "GELU",
     ) -> None:
         super().__init__()
         if spatial_dims != 3:
@@ -199,7 +225,7 @@ class SwinUnet3D(nn.Module):
                     f"(patch {self.patch_size} x 2^{num_stages - 1}) on axis {axis}"
                 )
         base = tuple(r // p for r, p in zip(self.roi_size, self.patch_size))
-        self.grids: list[Int3] = [tuple(g // 2**i for g in base) for i in range(num_stages)]
+        self.grids = [cast(Int3, tuple(g // 2**i for g in base)) for i in range(num_stages)]
         self.dims = [embed_dim * 2**i for i in range(num_stages)]
         for i, (dim, heads) in enumerate(zip(self.dims, num_heads)):
             if heads < 1 or dim % heads:
@@ -222,7 +248,7 @@ class SwinUnet3D(nn.Module):
         def stage(i: int) -> SwinStage3D:
             return SwinStage3D(
                 self.dims[i], depths[i], num_heads[i], self.grids[i], self.window_sizes[i], block, self.lgt_windows[i],
-                lgt_share_qkv, lgt_mode, mlp_ratio, qkv_bias, stage_rates[i], attn_impl, use_checkpoint,
+                lgt_share_qkv, lgt_mode, mlp_ratio, qkv_bias, stage_rates[i], attn_impl, use_checkpoint, mlp_act,
             )  # fmt: skip
 
         self.patch_embed = PatchEmbed3D(in_channels, embed_dim, self.patch_size)
@@ -238,17 +264,29 @@ class SwinUnet3D(nn.Module):
             GuidedAttentionBottleneck(self.dims[-1], guided_aux) if bottleneck_attn == "pam_cam" else None
         )
         self.cnn = (
-            CNNBranch3D(in_channels, embed_dim, num_stages, self.patch_size, cnn_channels_cap) if cnn_branch else None
+            CNNBranch3D(in_channels, embed_dim, num_stages, self.patch_size, cnn_channels_cap, norm_name, act_name)
+            if cnn_branch
+            else None
         )
+        # CNN fusions: fusion(cnn feature, tokens) -> tokens; the bottleneck one (the last) adds to the tokens
         if self.cnn is None:
             self.cnn_fusion = None
         elif skip_fusion == "bifusion":
             self.cnn_fusion = nn.ModuleList(
-                BiFusion3D(c, d, max(d // 2, 1), d, depthwise=bifusion_depthwise)
-                for c, d in zip(self.cnn.channels, self.dims)
+                BiFusion3D(
+                    c,
+                    d,
+                    max(d // 2, 1),
+                    d,
+                    depthwise=bifusion_depthwise,
+                    norm_name=norm_name,
+                    token_layout=True,
+                    residual=i == num_stages - 1,
+                )
+                for i, (c, d) in enumerate(zip(self.cnn.channels, self.dims))
             )
         else:
-            self.cnn_fusion = nn.ModuleList(nn.Linear(c, d) for c, d in zip(self.cnn.channels, self.dims))
+            self.cnn_fusion = nn.ModuleList(CNNTokenAdd(c, d) for c, d in zip(self.cnn.channels, self.dims))
 
         self.expands = nn.ModuleList(PatchExpand3D(self.dims[i + 1], self.dims[i]) for i in range(num_stages - 1))
         self.gate_mode = gate_mode
@@ -316,6 +354,9 @@ class SwinUnet3D(nn.Module):
             nn.init.zeros_(m.bias)
 
     # ---------------------------------------------------------------------------------------------------- forward
+    #: eager-only (training) API, left out of a TorchScript model
+    __jit_unused_properties__ = ["aux_losses"]
+
     @property
     def aux_losses(self) -> dict[str, torch.Tensor]:
         """Weighted auxiliary losses of the last training-mode forward (empty without ``guided_aux``)."""
@@ -326,44 +367,58 @@ class SwinUnet3D(nn.Module):
         losses = self.aux_losses
         return sum(losses.values()) if losses else 0.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        expected = (self.in_channels, *self.roi_size)
-        if x.ndim != 5 or tuple(x.shape[1:]) != expected:
+    def check_input_size(self, spatial: Sequence[int]) -> None:
+        """Raise ``ValueError`` unless ``spatial`` (x, y, z) equals the network's ``roi_size``.
+
+        Examples:
+            >>> net = SwinUnet3D(1, 2, roi_size=(32, 32, 16), patch_size=2, embed_dim=12, num_heads=(1, 2, 2, 4))
+            >>> net.check_input_size((32, 32, 16))
+        """
+        if tuple(int(s) for s in spatial) != self.roi_size:
             raise ValueError(
-                f"SwinUnet3D expects input (B, {', '.join(map(str, expected))}) [channels, x, y, z], "
-                f"got {tuple(x.shape)}; the sliding-window roi_size must equal the network's roi_size"
+                f"SwinUnet3D runs only at its roi_size {self.roi_size} (x, y, z), got {tuple(spatial)}; "
+                "the sliding-window roi_size must equal the network's roi_size"
             )
-        cnn_feats = self.cnn(x) if self.cnn is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TorchScript: the module lists are indexed with a loop variable through the interfaces of
+        # pipeline.networks.swin3d.interfaces, whose modules are called with .forward
+        r0, r1, r2 = self.roi_size
+        if x.ndim != 5 or list(x.shape[1:]) != [self.in_channels, r0, r1, r2]:
+            raise ValueError(
+                f"SwinUnet3D expects input (B, {self.in_channels}, {r0}, {r1}, {r2}) [channels, x, y, z], "
+                f"got {shape_text(list(x.shape))}; the sliding-window roi_size must equal the network's roi_size"
+            )
+        cnn_feats: list[torch.Tensor] = []
+        if self.cnn is not None:
+            cnn_feats = self.cnn(x)
         h = self.patch_embed(x)
-        skips = []
+        skips: list[torch.Tensor] = []
         last = len(self.encoder) - 1
         for i, stage in enumerate(self.encoder):
             h_in = h
             h = stage(h)
-            if self.encoder_saf is not None and i < last:
-                h = self.encoder_saf[i](h, h_in)
             if i < last:
+                if self.encoder_saf is not None:
+                    saf: SkipFusion = self.encoder_saf[i]  # type: ignore[assignment]
+                    h = saf.forward(h, h_in, None)
                 skips.append(h_in if self.skip_source == "stage_input" else h)
-                h = self.merges[i](h)
+                merge: TokenModule = self.merges[i]  # type: ignore[assignment]
+                h = merge.forward(h)
         h = self.norm(h)
         if self.bottleneck_attn is not None:
             h = self.bottleneck_attn(h)
-        if cnn_feats is not None:
-            skips = [self._fuse_cnn(i, g, s) for i, (g, s) in enumerate(zip(cnn_feats, skips))]
-            h = self._fuse_cnn(last, cnn_feats[-1], h, add=True)
-        for i in reversed(range(last)):
-            coarse, h = h, self.expands[i](h)
-            fusion = self.skip_fusions[i]
-            if isinstance(fusion, AttentionGate3D) and fusion.mode == "oktay":
-                h = fusion(h, skips[i], coarse)
-            else:
-                h = fusion(h, skips[i])
-            h = self.decoder[i](h)
+        if self.cnn_fusion is not None:  # with the CNN branch
+            tokens = skips + [h]
+            fused: list[torch.Tensor] = []
+            for i, fusion in enumerate(self.cnn_fusion):
+                fused.append(fusion(cnn_feats[i], tokens[i]))
+            skips, h = fused[:-1], fused[-1]
+        for i in range(last - 1, -1, -1):
+            expand: TokenModule = self.expands[i]  # type: ignore[assignment]
+            skip_fusion: SkipFusion = self.skip_fusions[i]  # type: ignore[assignment]
+            stage_up: TokenModule = self.decoder[i]  # type: ignore[assignment]
+            coarse, h = h, expand.forward(h)
+            h = skip_fusion.forward(h, skips[i], coarse)
+            h = stage_up.forward(h)
         return self.final(self.norm_up(h))
-
-    def _fuse_cnn(self, i: int, g: torch.Tensor, t: torch.Tensor, add: bool = False) -> torch.Tensor:
-        fusion = self.cnn_fusion[i]  # type: ignore[index]
-        if isinstance(fusion, BiFusion3D):
-            fused = fusion(g, t.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
-            return t + fused if add else fused
-        return t + fusion(g.permute(0, 2, 3, 4, 1))

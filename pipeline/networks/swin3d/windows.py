@@ -44,7 +44,7 @@ def clamp_window(grid: Sequence[int], window: Sequence[int], shift: Sequence[int
     return w, s  # type: ignore[return-value]
 
 
-def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+def window_partition(x: torch.Tensor, window: Int3) -> torch.Tensor:
     """``(B, S0, S1, S2, C) -> (B * nW, w0 * w1 * w2, C)``; windows ordered batch-major then S0, S1, S2."""
     b, s0, s1, s2, c = x.shape
     w0, w1, w2 = window
@@ -52,7 +52,7 @@ def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, w0 * w1 * w2, c)
 
 
-def window_reverse(windows: torch.Tensor, window: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+def window_reverse(windows: torch.Tensor, window: Int3, shape: tuple[int, int, int, int]) -> torch.Tensor:
     """Inverse of :func:`window_partition`: ``(B * nW, N, C) -> (B, S0, S1, S2, C)``, ``shape = (B, S0, S1, S2)``."""
     b, s0, s1, s2 = shape
     w0, w1, w2 = window
@@ -104,6 +104,6 @@ def shift_attention_mask(grid: Sequence[int], window: Sequence[int], shift: Sequ
     if not any(shift):
         return None
     ids = shift_region_ids(grid, window, shift)
-    win = window_partition(ids[None, ..., None].float(), window).squeeze(-1)  # (nW, N)
+    win = window_partition(ids[None, ..., None].float(), as_triple(window, "window")).squeeze(-1)  # (nW, N)
     diff = win[:, :, None] - win[:, None, :]
     return torch.zeros_like(diff).masked_fill(diff != 0, MASK_VALUE)

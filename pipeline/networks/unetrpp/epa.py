@@ -8,11 +8,12 @@ parameter, concat/sum fusion, the spatial-branch permute quirk) and adds a resol
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pipeline.networks.shapes import shape_text
 
 __all__ = ["EPABlock", "EF_MODES", "FUSIONS"]
 
@@ -135,25 +136,29 @@ class EPABlock(nn.Module):
             self.out_proj = nn.Linear(hidden_size, hidden_size // 2)
             self.out_proj2 = nn.Linear(hidden_size, hidden_size // 2)
 
-    def _project(self, t: torch.Tensor, which: str, spatial_shape: Sequence[int] | None) -> torch.Tensor:
+    # TorchScript: the E/F modules and the EF parameter exist only in some modes, so the branches test them with
+    # hasattr / ``is not None`` (resolved when the module is compiled) rather than ef_mode
+    def _project(self, t: torch.Tensor, which: str, spatial_shape: list[int] | None) -> torch.Tensor:
         """Project (B, h, d, N) to (B, h, d, p) along the token axis."""
-        if self.ef_mode == "param":
+        if hasattr(self, "EF"):  # ef_mode == "param"
             return t @ self.EF
-        if self.ef_mode == "pool":
+        pool_grid = self.pool_grid
+        if pool_grid is not None:  # ef_mode == "pool"
             if spatial_shape is None:
                 raise ValueError("ef_mode='pool' needs spatial_shape=(D, H, W) of the token grid")
             b, h, d, _ = t.shape
-            pooled = F.adaptive_avg_pool3d(t.reshape(b, h * d, *spatial_shape), self.pool_grid)
+            pooled = F.adaptive_avg_pool3d(t.reshape([b, h * d] + list(spatial_shape)), pool_grid)
             t = pooled.reshape(b, h, d, self.proj_size)
-        return (self.E if which == "E" else self.F)(t)
+        return self.E(t) if which == "E" else self.F(t)
 
-    def forward(self, x: torch.Tensor, spatial_shape: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spatial_shape: list[int] | None = None) -> torch.Tensor:
         """Apply EPA to tokens ``x`` (B, N, C); ``spatial_shape`` (D, H, W) is needed by ``ef_mode="pool"``."""
         if x.ndim != 3 or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"EPABlock expects tokens (B, N, {self.hidden_size}), got {tuple(x.shape)}")
+            raise ValueError(f"EPABlock expects tokens (B, N, {self.hidden_size}), got {shape_text(list(x.shape))}")
         b, n, c = x.shape
-        if self.ef_mode != "pool" and n != self.input_size:
-            raise ValueError(f"EPABlock was built for {self.input_size} tokens, got {n}")
+        input_size = self.input_size
+        if self.ef_mode != "pool" and input_size is not None and n != input_size:
+            raise ValueError(f"EPABlock was built for {input_size} tokens, got {n}")
         if self.fast:
             return self._forward_fast(x, spatial_shape)
         h = self.num_heads
@@ -182,28 +187,28 @@ class EPABlock(nn.Module):
         else:
             x_sa = y.transpose(1, 2).reshape(b, n, c)
 
-        if self.fusion == "sum":
-            return x_sa + x_ca
-        return torch.cat((self.out_proj(x_sa), self.out_proj2(x_ca)), dim=-1)
+        if hasattr(self, "out_proj"):  # fusion == "concat"
+            return torch.cat((self.out_proj(x_sa), self.out_proj2(x_ca)), dim=-1)
+        return x_sa + x_ca
 
     # ------------------------------------------------------------------------------------------------ fast path
-    def _project_tokens(self, t: torch.Tensor, which: str, spatial_shape: Sequence[int] | None) -> torch.Tensor:
+    def _project_tokens(self, t: torch.Tensor, which: str, spatial_shape: list[int] | None) -> torch.Tensor:
         """Project (B, N, C) token features to (B, p, C) along the token axis (no transposed copies)."""
-        if self.ef_mode == "param":
+        if hasattr(self, "EF"):  # ef_mode == "param"
             return self.EF.t() @ t
-        if self.ef_mode == "pool":
+        lin = self.E if which == "E" else self.F
+        pool_grid = self.pool_grid
+        if pool_grid is not None:  # ef_mode == "pool"
             if spatial_shape is None:
                 raise ValueError("ef_mode='pool' needs spatial_shape=(D, H, W) of the token grid")
             b, _, c = t.shape
-            grid = t.reshape(b, *spatial_shape, c).permute(0, 4, 1, 2, 3)  # channels-last view
-            pooled = F.adaptive_avg_pool3d(grid, self.pool_grid).reshape(b, c, self.proj_size)
-            lin = self.E if which == "E" else self.F
+            grid = t.reshape([b] + list(spatial_shape) + [c]).permute(0, 4, 1, 2, 3)  # channels-last view
+            pooled = F.adaptive_avg_pool3d(grid, pool_grid).reshape(b, c, self.proj_size)
             return F.linear(pooled, lin.weight, lin.bias).transpose(1, 2)
-        lin = self.E if which == "E" else self.F
         out = lin.weight @ t  # (p, N) @ (B, N, C) -> (B, p, C)
         return out + lin.bias.view(-1, 1)
 
-    def _forward_fast(self, x: torch.Tensor, spatial_shape: Sequence[int] | None) -> torch.Tensor:
+    def _forward_fast(self, x: torch.Tensor, spatial_shape: list[int] | None) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
         d = c // h
@@ -219,8 +224,11 @@ class EPABlock(nn.Module):
         kh = k.unflatten(-1, (h, d)).transpose(1, 2)  # (B, h, N, d) view
         attn_ca = (qh @ kh) / (q_norm.unsqueeze(-1) * k_norm.unsqueeze(-2)) * self.temperature
         attn_ca = self.attn_drop(attn_ca.softmax(dim=-1))
-        # x_ca[n, (h, i)] = sum_j attn[h, i, j] v_ca[n, (h, j)]: v_ca @ block_diag(attn_h^T)
-        mix = torch.stack([torch.block_diag(*attn_ca[i].transpose(-2, -1).unbind(0)) for i in range(b)])
+        # x_ca[n, (h, i)] = sum_j attn[h, i, j] v_ca[n, (h, j)]: v_ca @ block_diag(attn_h^T), built as a zero
+        # (B, h, d, h, d) tensor whose diagonal head blocks receive attn_h^T (the same values as torch.block_diag)
+        mix = attn_ca.new_zeros(b, h, d, h, d)
+        torch.diagonal(mix, dim1=1, dim2=3).copy_(attn_ca.permute(0, 3, 2, 1))
+        mix = mix.view(b, c, c)
 
         # spatial branch: softmax(tau2 (q/|q|)^T k_p) v_p^T; fold tau2/|q| into the small (p, d) keys
         key = k_p.view(b, p, h, d).transpose(1, 2) * (self.temperature2 / q_norm.unsqueeze(-2))
@@ -237,8 +245,8 @@ class EPABlock(nn.Module):
         else:
             x_sa = y.transpose(1, 2).reshape(b, n, c)
 
-        if self.fusion == "sum":
-            return x_sa + v_ca @ mix
-        # out_proj2(x_ca) = v_ca @ (mix @ W2^T) + b2: one (N x C) @ (C x C/2) product
-        x_ca = torch.baddbmm(self.out_proj2.bias.expand(b, 1, -1), v_ca, mix @ self.out_proj2.weight.t())
-        return torch.cat((self.out_proj(x_sa), x_ca), dim=-1)
+        if hasattr(self, "out_proj"):  # fusion == "concat"
+            # out_proj2(x_ca) = v_ca @ (mix @ W2^T) + b2: one (N x C) @ (C x C/2) product
+            x_ca = torch.baddbmm(self.out_proj2.bias.expand(b, 1, -1), v_ca, mix @ self.out_proj2.weight.t())
+            return torch.cat((self.out_proj(x_sa), x_ca), dim=-1)
+        return x_sa + v_ca @ mix

@@ -9,25 +9,29 @@ with ``strict=True``; the per-dataset files of the release become constructor op
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 import torch.nn as nn
-from monai.networks.blocks.dynunet_block import UnetOutBlock, get_conv_layer
+from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, get_conv_layer
 from monai.networks.layers.utils import get_norm_layer
 from monai.utils import ensure_tuple_rep
 
-from pipeline.errors import InputDataError
-from pipeline.networks.unetrpp.blocks import ResConvBlock, TransformerBlock, UnetrPPUpBlock
+from pipeline.networks.shapes import shape_text
+from pipeline.networks.unetrpp.blocks import TransformerBlock, UnetrPPUpBlock
 
 __all__ = ["UNETRPP", "UNETRPPEncoder", "InputSizeError", "INPUT_ORDERS"]
 
-INPUT_ORDERS = ("zyx", "xyz")
+#: spatial orders of the input tensor: MONAI's (x, y, z) (the default) or the official nnU-Net (z, y, x)
+INPUT_ORDERS = ("xyz", "zyx")
 
 
-class InputSizeError(InputDataError, ValueError):
-    """The input patch does not fit the network (wrong size for a fixed-size model, or not divisible by strides)."""
+class InputSizeError(ValueError):
+    """The input patch does not fit the network (wrong size for a fixed-size model, or not divisible by strides).
+
+    A plain ``ValueError``: the inference/CLI layer turns it into its one-line error.
+    """
 
 
 def _trunc_normal_init(m: nn.Module) -> None:
@@ -46,14 +50,14 @@ class UNETRPPEncoder(nn.Module):
     by ``depths[i]`` :class:`TransformerBlock`\\ s.
 
     Args:
-        grids: token grid (D, H, W) of each of the 4 stages.
+        grids: token grid (D, H, W) of each of the 4 stages, in the official (z, y, x) layout the encoder runs in.
         dims: channels per stage.
         proj_size: EPA projection size per stage.
         depths: transformer blocks per stage.
         num_heads: EPA heads per stage.
         spatial_dims: 3.
         in_channels: image channels.
-        stem_stride: stem kernel = stride.
+        stem_stride: stem kernel = stride, in (z, y, x).
         stem_norm_groups: GroupNorm groups of the stem norm (official: ``in_channels``).
         dropout: conv dropout (unused by the official presets).
         transformer_dropout_rate: EPA attention-map dropout.
@@ -143,9 +147,9 @@ class UNETRPP(nn.Module):
     Args:
         in_channels: image channels.
         out_channels: classes (including background).
-        img_size: reference patch (spatial, in the network's internal order; the official presets use nnU-Net's
-            (z, y, x)). Fixed-size modes accept only this patch; ``ef_mode="pool"`` uses it as the reference grid of
-            the positional embeddings and accepts others.
+        img_size: reference patch, in the order of ``input_order`` (MONAI (x, y, z) by default; the official presets
+            give nnU-Net's (z, y, x) with ``input_order="zyx"``). Fixed-size modes accept only this patch;
+            ``ef_mode="pool"`` uses it as the reference grid of the positional embeddings and accepts others.
         feature_size: channels of the full-resolution conv path (``encoder1``/``decoder2``).
         dims: channels of the 4 encoder stages (``dims[-1]`` is the bottleneck "hidden size").
         depths: transformer blocks per encoder stage.
@@ -153,7 +157,8 @@ class UNETRPP(nn.Module):
         proj_size: EPA projection size p per encoder stage.
         decoder_proj_size: EPA projection size in the decoder.
         decoder_depth: transformer blocks per decoder level.
-        stem_stride: stem conv kernel = stride, and the last up-conv's (e.g. (2, 4, 4)).
+        stem_stride: stem conv kernel = stride, and the last up-conv's, in the order of ``input_order`` (e.g.
+            (4, 4, 2) in (x, y, z), which is the official (2, 4, 4) in (z, y, x)).
         stem_norm_groups: GroupNorm groups after the stem (default ``in_channels``, as the official code).
         norm_name: norm of ``encoder1``/``decoder2`` (official: instance).
         attn_dropout: EPA attention-map dropout in encoder and decoder (0.15 Synapse, 0.1 others).
@@ -164,22 +169,25 @@ class UNETRPP(nn.Module):
             gives the corrected maths, which cannot load official weights.
         deep_supervision: build the two extra heads ``out2``/``out3``; in training mode ``forward`` then returns
             ``[out1, out2, out3]`` (full resolution first); in eval mode only ``out1``.
-        input_order: ``"zyx"`` (tensors in the internal layout; no permutation) or ``"xyz"`` (MONAI tensors: the
-            spatial axes are reversed at the start and end of ``forward``, state dict unchanged).
+        input_order: spatial order of the input tensor and of ``img_size``/``stem_stride``: ``"xyz"`` (default,
+            MONAI tensors) or ``"zyx"`` (the official nnU-Net layout, used by the official presets and checkpoints).
+            The modules always run in the official (z, y, x) layout: for ``"xyz"`` the spatial axes are reversed at
+            the start and end of ``forward``, so both orders build identical state dicts.
         spatial_dims: 3.
 
     Examples:
         >>> import torch
-        >>> net = UNETRPP(1, 3, img_size=(32, 48, 32), feature_size=8, dims=(16, 32, 64, 128), stem_stride=(2, 2, 2),
+        >>> net = UNETRPP(1, 3, img_size=(32, 48, 16), feature_size=8, dims=(16, 32, 64, 128), stem_stride=(2, 2, 1),
         ...               proj_size=(16, 16, 16, 8), decoder_proj_size=16, depths=(1, 1, 1, 1), decoder_depth=1)
-        >>> net.eval()(torch.randn(1, 1, 32, 48, 32)).shape
-        torch.Size([1, 3, 32, 48, 32])
+        >>> net.eval()(torch.randn(1, 1, 32, 48, 16)).shape  # (x, y, z) in and out
+        torch.Size([1, 3, 32, 48, 16])
     """
 
-    # set with setattr in __init__ (one loop for the three EPA decoder stages)
-    decoder5: UnetrPPUpBlock
-    decoder4: UnetrPPUpBlock
-    decoder3: UnetrPPUpBlock
+    if TYPE_CHECKING:  # set with setattr in __init__ (one loop for the three EPA decoder stages); hidden from
+        # TorchScript, which reads class annotations as attribute types
+        decoder5: UnetrPPUpBlock
+        decoder4: UnetrPPUpBlock
+        decoder3: UnetrPPUpBlock
 
     def __init__(
         self,
@@ -193,7 +201,7 @@ class UNETRPP(nn.Module):
         proj_size: Sequence[int] = (64, 64, 64, 32),
         decoder_proj_size: int = 64,
         decoder_depth: int = 3,
-        stem_stride: Sequence[int] | int = (2, 4, 4),
+        stem_stride: Sequence[int] | int = (4, 4, 2),
         stem_norm_groups: int | None = None,
         norm_name: tuple | str = "instance",
         attn_dropout: float = 0.15,
@@ -202,7 +210,7 @@ class UNETRPP(nn.Module):
         n_conv_blocks: int = 1,
         permute_quirk: bool = True,
         deep_supervision: bool = True,
-        input_order: str = "zyx",
+        input_order: str = "xyz",
         spatial_dims: int = 3,
     ) -> None:
         super().__init__()
@@ -218,13 +226,16 @@ class UNETRPP(nn.Module):
                 raise ValueError(f"stage channels {c} are not divisible by num_heads {h}")
         if fusion == "concat" and any(c % 2 for c in dims):
             raise ValueError(f"fusion='concat' needs even channels, got dims={tuple(dims)}")
-        self.stem_stride = ensure_tuple_rep(stem_stride, 3)
-        self.img_size = ensure_tuple_rep(img_size, 3)
+        # img_size, stem_stride and strides are in the input order; grids and the modules use (z, y, x)
+        self.stem_stride = tuple(int(s) for s in ensure_tuple_rep(stem_stride, 3))
+        self.img_size = tuple(int(s) for s in ensure_tuple_rep(img_size, 3))
         self.strides = tuple(s * 8 for s in self.stem_stride)
         for size, total in zip(self.img_size, self.strides):
             if size % total:
                 raise ValueError(f"img_size {self.img_size} must be divisible by stem_stride * 8 = {self.strides}")
-        self.grids = [tuple(s // st // 2**i for s, st in zip(self.img_size, self.stem_stride)) for i in range(4)]
+        internal_size = self._internal(self.img_size, input_order)
+        internal_stem = self._internal(self.stem_stride, input_order)
+        self.grids = [tuple(s // st // 2**i for s, st in zip(internal_size, internal_stem)) for i in range(4)]
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.resolution_agnostic = ef_mode == "pool"
@@ -242,12 +253,12 @@ class UNETRPP(nn.Module):
             num_heads=heads,
             spatial_dims=spatial_dims,
             in_channels=in_channels,
-            stem_stride=self.stem_stride,
+            stem_stride=internal_stem,
             stem_norm_groups=stem_norm_groups,
             transformer_dropout_rate=attn_dropout,
             **block_kwargs,
         )
-        self.encoder1 = ResConvBlock(
+        self.encoder1 = UnetResBlock(
             spatial_dims, in_channels, feature_size, kernel_size=3, stride=1, norm_name=norm_name
         )
         up: dict[str, Any] = dict(
@@ -278,7 +289,7 @@ class UNETRPP(nn.Module):
             in_channels=dims[0],
             out_channels=feature_size,
             kernel_size=3,
-            upsample_kernel_size=self.stem_stride,
+            upsample_kernel_size=internal_stem,
             norm_name=norm_name,
             conv_decoder=True,
         )
@@ -287,8 +298,17 @@ class UNETRPP(nn.Module):
             self.out2 = UnetOutBlock(spatial_dims, dims[0], out_channels)
             self.out3 = UnetOutBlock(spatial_dims, dims[1], out_channels)
 
+    @staticmethod
+    def _internal(values: tuple[int, ...], input_order: str) -> tuple[int, ...]:
+        """Per-axis ``values`` given in ``input_order``, in the modules' (z, y, x) order."""
+        return values[::-1] if input_order == "xyz" else values
+
     def set_fast(self, fast: bool) -> UNETRPP:
-        """Switch every block between the fast path (default) and the official op sequence; returns ``self``."""
+        """Switch every block between the fast token path (default) and the official op sequence; returns ``self``.
+
+        Both are plain PyTorch on any device. The CPU-specific kernels are separate: see
+        :func:`pipeline.networks.optimize_for_cpu`.
+        """
         for m in self.modules():
             if m is not self and hasattr(m, "set_fast"):
                 cast(Any, m).set_fast(fast)
@@ -296,28 +316,52 @@ class UNETRPP(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------------- shapes
     def expected_input_size(self) -> tuple[int, ...]:
-        """The reference patch in the order ``forward`` takes (reversed for ``input_order="xyz"``)."""
-        return self.img_size[::-1] if self.input_order == "xyz" else self.img_size
+        """The reference patch in the order ``forward`` takes (``img_size``, in ``input_order``)."""
+        return self.img_size
+
+    def check_input_size(self, spatial: Sequence[int]) -> None:
+        """Raise :class:`InputSizeError` (a ``ValueError``) unless a patch of ``spatial`` size (in ``input_order``)
+        fits: equal to ``img_size``, or, for ``ef_mode="pool"``, divisible by ``strides``.
+
+        Examples:
+            >>> net = UNETRPP(1, 2, img_size=(32, 32, 16), feature_size=8, dims=(16, 16, 32, 32), depths=(1, 1, 1, 1),
+            ...               num_heads=2, proj_size=(8, 8, 8, 8), decoder_proj_size=8, decoder_depth=1,
+            ...               stem_stride=(2, 2, 2))
+            >>> net.check_input_size((32, 32, 16))
+            >>> try:
+            ...     net.check_input_size((16, 32, 32))
+            ... except ValueError as exc:
+            ...     print(str(exc)[:60])
+            this UNETR++ runs only at its training patch (32, 32, 16) (x
+        """
+        self._check_spatial([int(s) for s in spatial])
+
+    def _check_spatial(self, spatial: list[int]) -> None:
+        """:meth:`check_input_size` in TorchScript form (a list, the tuples read element by element)."""
+        expected, strides = self.img_size, self.strides
+        if self.resolution_agnostic:
+            if (
+                len(spatial) != 3
+                or spatial[0] % strides[0] != 0
+                or spatial[1] % strides[1] != 0
+                or spatial[2] % strides[2] != 0
+            ):
+                raise InputSizeError(
+                    f"input spatial size {shape_text(spatial)} ({self.input_order}) must be divisible by {strides}"
+                )
+        elif spatial != [expected[0], expected[1], expected[2]]:
+            raise InputSizeError(
+                f"this UNETR++ runs only at its training patch {expected} ({self.input_order}), "
+                f"got {shape_text(spatial)}; use a sliding window with roi_size equal to that patch, or a "
+                "resolution-agnostic (ef_mode='pool') model"
+            )
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5:
-            raise InputSizeError(f"UNETR++ expects a 5D tensor (B, C, *spatial), got shape {tuple(x.shape)}")
+            raise InputSizeError(f"UNETR++ expects a 5D tensor (B, C, *spatial), got shape {shape_text(list(x.shape))}")
         if x.shape[1] != self.in_channels:
             raise InputSizeError(f"UNETR++ expects {self.in_channels} input channel(s), got {x.shape[1]}")
-        spatial = tuple(x.shape[2:])
-        expected = self.expected_input_size()
-        if self.resolution_agnostic:
-            strides = self.strides[::-1] if self.input_order == "xyz" else self.strides
-            if any(s % st for s, st in zip(spatial, strides)):
-                raise InputSizeError(
-                    f"input spatial size {spatial} ({self.input_order}) must be divisible by {strides}"
-                )
-        elif spatial != expected:
-            raise InputSizeError(
-                f"this UNETR++ runs only at its training patch {expected} ({self.input_order}), got {spatial}; "
-                "use a sliding window with roi_size equal to that patch, or a resolution-agnostic (ef_mode='pool') "
-                "model"
-            )
+        self._check_spatial(list(x.shape[2:]))
 
     # --------------------------------------------------------------------------------------------------------- forward
     def _to_internal(self, x: torch.Tensor) -> torch.Tensor:
@@ -334,7 +378,7 @@ class UNETRPP(nn.Module):
         dec1 = self.decoder3(dec2, enc1)
         out = self.decoder2(dec1, conv_block)
         outs = [self.out1(out)]
-        if self.deep_supervision:
+        if hasattr(self, "out2"):  # deep_supervision (a test TorchScript resolves when compiling)
             outs += [self.out2(dec1), self.out3(dec2)]
         return [self._to_internal(o) for o in outs]  # the permute is its own inverse
 

@@ -1,8 +1,19 @@
 """Named UNETR++ presets: the official per-dataset networks as data.
 
 Each preset reproduces the network an official trainer builds (``Amshaker/unetr_plus_plus``): same state_dict keys,
-shapes and parameter count, official (z, y, x) input layout and patch. Pass ``input_order="xyz"`` to feed MONAI
-(x, y, z) tensors with the same weights.
+shapes and parameter count, official (z, y, x) input layout and patch: these presets are the one place that uses
+:class:`UNETRPP`'s explicit ``input_order="zyx"`` (its default is MONAI's (x, y, z)). Pass ``input_order="xyz"`` to
+:func:`~pipeline.networks.create_network` to feed MONAI (x, y, z) tensors with the same weights: the registry then
+gives ``img_size`` and ``stem_stride`` (the preset's ``spatial_keys``) in (x, y, z), and overrides are read in
+(x, y, z) too.
+
+Examples:
+    >>> from pipeline.networks import create_network
+    >>> create_network("unetrpp_synapse").img_size  # official (z, y, x)
+    (64, 128, 128)
+    >>> net = create_network("unetrpp_synapse", input_order="xyz")  # MONAI (x, y, z), same state dict
+    >>> net.img_size, net.stem_stride
+    ((128, 128, 64), (4, 4, 2))
 
 =================  ==============  =========  =========  ===========  ==================
 preset             patch (z,y,x)   in / out   E/F        fusion       parameters
@@ -13,6 +24,16 @@ unetrpp_acdc       16x160x160      1 / 4      separate   concat (+c52) 66,796,40
 unetrpp_lung       32x192x192      1 / 2      separate   concat (+c52) 121,174,798
 unetrpp_tumor      128x128x128     4 / 4      param EF   sum          42,647,604
 =================  ==============  =========  =========  ===========  ==================
+
+The project's own configurations (:data:`PROJECT_PRESETS`, the networks of the bundles trained here) take MONAI
+(x, y, z) tensors and give their patch in (x, y, z); they use the corrected EPA maths (``permute_quirk=False``):
+
+=====================  ==============  =========  =========  ===========  ==================
+preset                 patch (x,y,z)   in / out   E/F        fusion       parameters
+=====================  ==============  =========  =========  ===========  ==================
+unetrpp_hippocampus    32x48x32        1 / 3      shared     concat       7,748,497
+unetrpp_sts            64x64x32        1 / 2      shared     concat       4,410,102
+=====================  ==============  =========  =========  ===========  ==================
 """
 
 from __future__ import annotations
@@ -20,7 +41,7 @@ from __future__ import annotations
 from pipeline.networks.registry import register_preset
 from pipeline.networks.unetrpp.network import UNETRPP
 
-__all__ = ["UNETRPP_PRESETS"]
+__all__ = ["UNETRPP_PRESETS", "PROJECT_PRESETS"]
 
 _COMMON = dict(
     feature_size=16,
@@ -101,4 +122,64 @@ UNETRPP_PRESETS["unetrpp_btcv"] = (
 )
 
 for _name, (_kwargs, _desc) in UNETRPP_PRESETS.items():
-    register_preset(_name, UNETRPP, _kwargs, description=_desc, roi_size=tuple(_kwargs["img_size"]), axes="zyx")
+    register_preset(
+        _name,
+        UNETRPP,
+        _kwargs,
+        description=_desc,
+        roi_size=tuple(_kwargs["img_size"]),
+        axes="zyx",
+        spatial_keys=("img_size", "stem_stride"),
+    )
+
+_PROJECT = dict(
+    in_channels=1,
+    feature_size=16,
+    depths=(2, 2, 2, 2),
+    num_heads=4,
+    proj_size=(32, 32, 32, 16),
+    decoder_proj_size=32,
+    attn_dropout=0.1,
+    ef_mode="shared",
+    fusion="concat",
+    n_conv_blocks=1,
+    permute_quirk=False,
+    deep_supervision=True,
+)
+
+#: name -> (constructor kwargs, description): the networks of the bundles trained in this project; patches and
+#: stem strides are (x, y, z), the order of MONAI tensors (``UNETRPP``'s default ``input_order``)
+PROJECT_PRESETS: dict[str, tuple[dict, str]] = {
+    "unetrpp_hippocampus": (
+        dict(
+            _PROJECT,
+            out_channels=3,
+            img_size=(32, 48, 32),
+            dims=(32, 64, 128, 128),
+            decoder_depth=1,
+            stem_stride=(2, 2, 2),
+        ),
+        "UNETR++ MSD Task04 Hippocampus (bundle unetrpp_hippocampus_mri_segmentation), (x,y,z) 32x48x32",
+    ),
+    "unetrpp_sts": (
+        dict(
+            _PROJECT,
+            out_channels=2,
+            img_size=(64, 64, 32),
+            dims=(16, 32, 64, 128),
+            decoder_depth=2,
+            stem_stride=(4, 4, 2),
+        ),
+        "UNETR++ soft-tissue sarcoma CT (bundle unetrpp_sts_ct_segmentation), (x,y,z) 64x64x32",
+    ),
+}
+
+for _name, (_kwargs, _desc) in PROJECT_PRESETS.items():
+    register_preset(
+        _name,
+        UNETRPP,
+        _kwargs,
+        description=_desc,
+        roi_size=tuple(_kwargs["img_size"]),
+        spatial_keys=("img_size", "stem_stride"),
+    )

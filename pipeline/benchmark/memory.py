@@ -1,10 +1,7 @@
-"""Hardware/software stamp and peak-memory measurement for benchmark reports.
+"""Peak-memory measurement for benchmark reports (the hardware/software stamp is in :mod:`pipeline.utils.environment`).
 
 Examples:
-    >>> from pipeline.benchmark.environment import PeakMemory, system_stamp
-    >>> stamp = system_stamp()
-    >>> {"cpu", "torch", "monai", "date"} <= set(stamp)
-    True
+    >>> from pipeline.benchmark.memory import PeakMemory
     >>> with PeakMemory(interval=0.01) as mem:
     ...     buf = bytearray(8 * 2**20)
     >>> mem.peak_rss_bytes > 0
@@ -13,88 +10,9 @@ Examples:
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import platform
 import sys
 import threading
 from typing import Any
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str, dist: str | None = None) -> str | None:
-    """The version of an imported module, else of its installed distribution (without importing it)."""
-    mod = sys.modules.get(module)
-    if mod is not None and getattr(mod, "__version__", None):
-        return str(mod.__version__)
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist or module)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def system_stamp(device: str | None = None) -> dict[str, Any]:
-    """Hardware, thread settings and package versions, for the header of every report.
-
-    Torch is not imported for this: a script that never imported torch reports ``torch_threads`` None.
-
-    Args:
-        device: the device the benchmark ran on (e.g. ``"cpu"``, ``"cuda:0"``); its name is added for CUDA.
-    """
-    import psutil
-
-    torch = sys.modules.get("torch")
-    stamp: dict[str, Any] = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count_logical": psutil.cpu_count(logical=True),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": sys.version.split()[0],
-        "torch": _version("torch"),
-        "monai": _version("monai"),
-        "numpy": _version("numpy"),
-        "nibabel": _version("nibabel"),
-        "SimpleITK": _version("SimpleITK"),
-        "scipy": _version("scipy"),
-        "medseg": _version("pipeline", "medseg-pipeline"),
-        "cuda_available": bool(torch.cuda.is_available()) if torch is not None else None,
-        "device": device or "cpu",
-    }
-    if torch is not None and device and str(device).startswith("cuda") and torch.cuda.is_available():
-        stamp["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return stamp
-
-
-def stamp_line(stamp: dict[str, Any]) -> str:
-    """One line: ``CPU (N logical cores), T torch threads, torch X, monai Y, python Z``."""
-    omp = stamp.get("omp_num_threads")
-    if stamp.get("torch_threads"):
-        threads = f"{stamp['torch_threads']} torch threads" + (f" (OMP_NUM_THREADS={omp})" if omp else "")
-    else:  # torch was not imported by the stamping process (e.g. the suite runner)
-        threads = f"OMP_NUM_THREADS={omp}" if omp else "OMP_NUM_THREADS unset (library defaults)"
-    gpu = f", GPU {stamp['gpu']}" if stamp.get("gpu") else ""
-    return (
-        f"{stamp.get('cpu')} ({stamp.get('cpu_count_logical')} logical cores, {stamp.get('ram_gib')} GiB RAM){gpu}; "
-        f"{threads}; device {stamp.get('device')}; torch {stamp.get('torch')}, monai {stamp.get('monai')}, "
-        f"numpy {stamp.get('numpy')}, python {stamp.get('python')}"
-    )
 
 
 def _ru_maxrss_bytes() -> int | None:
