@@ -4,7 +4,7 @@
 preprocessing preset, classes, registered network preset, training recipe); :mod:`pipeline.bundles.template` turns
 a spec into ``inference.json``, ``train.json``, ``evaluate.json``, ``multi_gpu_train.json`` and ``logging.conf``.
 ``python -m pipeline.bundles.build`` writes them and ``--check`` reports a committed file that drifted from them
-(``tests/test_bundle_generator.py`` runs the check).
+(``tests/bundles/test_bundle_generator.py`` runs the check).
 
 Examples:
     >>> from pipeline.bundles import SPECS, render_bundle

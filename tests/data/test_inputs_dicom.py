@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bad_inputs_utils import cli, make_bundle
+from helpers.bad_inputs import cli, make_bundle
 
 MAIN_UID, SCOUT_UID = "1.2.3.1", "1.2.3.2"
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cli import main
 
-from _data_utils import build_corrupted_msd, build_transunet
+from helpers.data import build_corrupted_msd, build_transunet
 
 REAL = ["Task04_Hippocampus", "STS_CT", "BTCV_like", "Synapse_like", "Task06_Lung_sample", "BTCV_like/dicom"]
 

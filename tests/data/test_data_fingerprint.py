@@ -11,7 +11,7 @@ import pytest
 from pipeline.data.fingerprint import compute_fingerprint, write_fingerprint
 from pipeline.errors import InputDataError
 
-from _data_utils import write_json, write_nifti
+from helpers.data import write_json, write_nifti
 
 
 def _dataset(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
-from _bundle_utils import BUNDLES, SMOKE, bundle_dir, run_bundle_inference, small_meta
+from helpers.bundles import BUNDLES, SMOKE, bundle_dir, run_bundle_inference, small_meta
 
 REQUIRED = (
     "LICENSE",
@@ -57,7 +57,7 @@ def test_verify_metadata(name, shared_dir):
     schema = shared_dir / "schema" / "meta_schema_20240725.json"
     if not schema.is_file():
         pytest.skip(f"{schema} is absent: the offline metadata check uses MONAI's schema copy in ../shared/schema")
-    # no hash check: the shared copy's md5 differs from the one MONAI's test data lists (see _bundle_utils)
+    # no hash check: the shared copy's md5 differs from the one MONAI's test data lists (see helpers/bundles.py)
     verify_metadata(meta_file=str(bundle_dir(name) / "configs/metadata.json"), filepath=str(schema))
 
 

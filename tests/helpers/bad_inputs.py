@@ -66,7 +66,7 @@ def write_msd_dataset(root: Path, n: int = 3, labels: dict | None = None) -> Pat
 
 def make_bundle(root: Path, *, roi: Sequence[int] = (16, 16, 16), seed: int = 0, drop: Sequence[str] = ()) -> Path:
     """A minimal CT inference bundle at ``root``; ``drop`` removes top-level ids from inference.json."""
-    from _infer_utils import make_tiny_bundle
+    from helpers.infer import make_tiny_bundle
 
     return make_tiny_bundle(root, roi=roi, seed=seed, sw_batch_size=4, overlap=0.25, drop=drop)
 

@@ -14,7 +14,7 @@ from pipeline.data.io import SimpleITKReader, load_volume
 from pipeline.data.naming import case_name, image_suffix
 from pipeline.errors import InputDataError
 
-from _data_utils import LPS_AFFINE, write_nifti
+from helpers.data import LPS_AFFINE, write_nifti
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])

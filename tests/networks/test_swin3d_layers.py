@@ -19,7 +19,7 @@ from pipeline.networks.swin3d import (
 from pipeline.networks.swin3d.fusion import CNNTokenAdd
 from pipeline.networks.swin3d.layers import conv_norm, fit_norm
 
-from _swin3d_utils import SMALL, SMALL_ROI
+from helpers.swin3d import SMALL, SMALL_ROI
 
 TRANSFUSE = {**SMALL, "cnn_branch": True, "skip_fusion": "bifusion"}
 

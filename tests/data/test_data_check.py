@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.data.check import check_case, check_dataset, format_problems, format_table, grid_difference
 
-from _data_utils import LPS_AFFINE, build_corrupted_msd, write_nifti
+from helpers.data import LPS_AFFINE, build_corrupted_msd, write_nifti
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pipeline.data.readers import (
 )
 from pipeline.errors import InputDataError, UsageError
 
-from _data_utils import SAMED_RAW_TO_TU, build_nnunet_v2, build_transunet, link, write_json, write_nifti
+from helpers.data import SAMED_RAW_TO_TU, build_nnunet_v2, build_transunet, link, write_json, write_nifti
 
 # ----------------------------------------------------------------------------------------------------- synthetic MSD
 

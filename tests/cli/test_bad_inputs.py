@@ -25,8 +25,7 @@ import torch
 
 from pipeline.paths import BUNDLES_DIR, PROJECT_ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bad_inputs_utils import (
+from helpers.bad_inputs import (
     AFFINE,
     SHAPE,
     assert_clean_error,

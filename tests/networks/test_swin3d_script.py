@@ -14,7 +14,7 @@ from monai.networks.layers import DropPath as MonaiDropPath
 from pipeline.networks import create_network
 from pipeline.networks.swin3d.layers import DropPath
 
-from _swin3d_utils import PRESET_NAMES, SMALL, SMALL_ROI
+from helpers.swin3d import PRESET_NAMES, SMALL, SMALL_ROI
 
 #: non-preset options, each compiled in a network of its own
 VARIANTS = {

@@ -26,7 +26,7 @@ the bundle) with ``models/model.pt``: the shipped weights, or random ones saved 
 the eager network's output and carries the metadata and config.
 
 Sizes: the bundles in :data:`FULL_SIZE` run as configured (real network, real patch). The others are checked with
-their config plus the width/patch overrides of ``SMOKE`` in ``_bundle_utils`` (Swin depths 2, so shifted windows are
+their config plus the width/patch overrides of ``SMOKE`` in ``helpers.bundles`` (Swin depths 2, so shifted windows are
 compiled too) and a metadata copy with that patch, because their real forward takes 3-18 s each on one CPU thread
 (BTCV/Synapse/Lung UNETR++, BTCV Swin-Unets). The reduced networks have the same module types and options as the real
 ones (only widths, depths and the patch differ), so TorchScript compiles the same code.
@@ -46,7 +46,7 @@ from monai.bundle.properties import InferProperties, MetaProperties
 
 from pipeline.paths import BUNDLES_DIR
 
-from _bundle_utils import SMOKE, small_meta
+from helpers.bundles import SMOKE, small_meta
 
 # MONAI warns on every config it parses (configs run code; these are the project's own) and on a schema file checked
 # without a hash (as the zoo's CI does)
@@ -142,7 +142,7 @@ def _overrides(name: str) -> dict:
     if name in FULL_SIZE:
         return {}
     if name not in SMOKE:
-        pytest.fail(f"{name}: add a SmokeSpec to SMOKE in tests/_bundle_utils.py (or list it in FULL_SIZE)")
+        pytest.fail(f"{name}: add a SmokeSpec to SMOKE in tests/helpers/bundles.py (or list it in FULL_SIZE)")
     override = SMOKE[name].overrides()
     if "network_def#embed_dim" in override:  # Swin-Unet: two blocks per stage, so shifted windows are compiled too
         override["network_def#depths"] = [2, 2, 2, 2]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _bundle_utils import SmokeSpec, bundle_dir, write_cases
+from helpers.bundles import SmokeSpec, bundle_dir, write_cases
 
 BUNDLE = bundle_dir("unetrpp_hippocampus_mri_segmentation")
 SPEC = SmokeSpec((32, 32, 32), (34, 36, 33), (1.0, 1.0, 1.0), 3, mri=True)

@@ -12,7 +12,7 @@ from pipeline.networks import create_network, get_preset, list_networks
 from pipeline.networks.swin3d import SwinUnet3D
 from pipeline.networks.swin3d.presets import BTCV_ROI, SYNAPSE_ROI, preset_kwargs
 
-from _swin3d_utils import PRESET_NAMES, SMALL, SMALL_ROI
+from helpers.swin3d import PRESET_NAMES, SMALL, SMALL_ROI
 
 
 def test_presets_are_registered_with_xyz_axes():

@@ -24,7 +24,7 @@ from pipeline.networks.unetrpp import (
     read_nnunet_plans,
 )
 
-from _unetrpp_utils import fill_by_rule, fixture_input, load_fixture, sampled_errors
+from helpers.unetrpp import fill_by_rule, fixture_input, load_fixture, sampled_errors
 
 OFFICIAL_PARAMS = {
     "unetrpp_synapse": 42_952_850,

@@ -27,7 +27,7 @@ from monai.bundle import ConfigParser
 from pipeline.errors import UsageError
 from pipeline.paths import BUNDLES_DIR, PROJECT_ROOT
 
-from _bundle_utils import run_bundle_inference
+from helpers.bundles import run_bundle_inference
 
 SCRIPT = PROJECT_ROOT / "benchmarks" / "ablation_hippocampus.py"
 SWIN = BUNDLES_DIR / "swinunet3d_hippocampus_mri_segmentation"

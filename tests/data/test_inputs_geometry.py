@@ -4,14 +4,13 @@ The rule (pipeline/data/geometry.py, README "Troubleshooting"): a usable sform w
 invertible) gives way to the qform with a warning; without a usable sform/qform the ``pixdim`` voxel size is used with
 NIfTI's default axes, with a warning; when ``pixdim`` is zero/NaN too, the file is refused (the matrix in
 tests/test_bad_inputs.py covers the refusals). Inputs are tiny synthetic volumes written with hand-made headers,
-and the tiny UNet bundle of tests/_bad_inputs_utils.py.
+and the tiny UNet bundle of tests/helpers/bad_inputs.py.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -19,8 +18,7 @@ import numpy as np
 import pytest
 from nibabel.volumeutils import shape_zoom_affine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bad_inputs_utils import (
+from helpers.bad_inputs import (
     AFFINE,
     SHAPE,
     SPACING,

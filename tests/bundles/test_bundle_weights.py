@@ -22,7 +22,7 @@ from monai.bundle import ConfigParser
 from pipeline.paths import BUNDLES_DIR
 from pipeline.training.bundle import MissingWeightsExit, require_weights
 
-from _bundle_utils import SMOKE, bundle_dir, run_bundle_inference, write_cases
+from helpers.bundles import SMOKE, bundle_dir, run_bundle_inference, write_cases
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 EXPR = "$not pipeline.training.bundle.require_weights(@ckpt_path, @allow_untrained)"

@@ -15,7 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from _bundle_utils import BUNDLES, SMOKE, bundle_dir, write_cases
+from helpers.bundles import BUNDLES, SMOKE, bundle_dir, write_cases
 
 
 def _run(workflow: ConfigWorkflow) -> None:

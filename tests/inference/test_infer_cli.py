@@ -14,8 +14,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.paths import PROJECT_ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _infer_utils import make_tiny_bundle
+from helpers.infer import make_tiny_bundle
 
 FAST = ["--quiet", "--overlap", "0.25", "--sw-batch-size", "4"]
 

@@ -22,7 +22,7 @@ from pipeline.networks import create_network, list_networks
 from pipeline.paths import BUNDLES_DIR
 from pipeline.training.bundle import bundle_root, command_line_config
 
-from _bundle_utils import BUNDLES, bundle_dir
+from helpers.bundles import BUNDLES, bundle_dir
 
 GENERATED = ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "logging.conf")
 MONAI_MAIN = str(Path(monai.bundle.__file__).parent / "__main__.py")
