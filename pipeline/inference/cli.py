@@ -23,9 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import EXIT_CASES_FAILED, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["register", "run"]
 
@@ -126,13 +129,21 @@ def _distributed() -> tuple[int, int, Any]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, None
-    import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+    from pipeline.training.distributed import init_distributed
+
+    init_distributed()  # gloo on CPU; nccl on CUDA, with cuda:LOCAL_RANK as this process's current device
     return dist.get_rank(), dist.get_world_size(), dist
+
+
+def _exchange_device(dist: Any) -> torch.device:
+    """Where the final count exchange runs: nccl reduces CUDA tensors only (this rank's GPU), gloo CPU tensors."""
+    import torch
+
+    if torch.cuda.is_available() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         failed_ranks = int(error is not None)
         if dist is not None:
             # every rank reaches this exchange, even one that failed: otherwise the others would wait here forever
-            totals = torch.tensor([ok, skipped, failed, failed_ranks], dtype=torch.int64)
+            totals = torch.tensor([ok, skipped, failed, failed_ranks], dtype=torch.int64, device=_exchange_device(dist))
             dist.all_reduce(totals)
             ok, skipped, failed, failed_ranks = (int(v) for v in totals)
         if error is not None:

@@ -424,9 +424,12 @@ def test_committed_results_regenerate_byte_identical_with_notes(tmp_path):
     text = out.read_text(encoding="utf-8")
     for note in notes:
         body = note.read_text(encoding="utf-8").strip()
-        assert body in text, f"{note.name} is missing from RESULTS.md"
         section = tmp_path / "results" / note.name
-        assert section.is_file(), f"{note.name} annotates no section"
+        if not section.is_file():  # a script not run here yet (benchmarks/gpu.py needs CUDA): the note waits for it
+            assert (bench / f"{note.stem}.py").is_file(), f"{note.name} annotates no section and no script"
+            assert body not in text, f"{note.name} is printed without its section"
+            continue
+        assert body in text, f"{note.name} is missing from RESULTS.md"
         assert body not in section.read_text(encoding="utf-8"), f"hand-written note left in results/{note.name}"
         # printed right after its own section, before the next one
         title = read_section(section).title

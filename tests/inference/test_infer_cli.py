@@ -274,6 +274,10 @@ def test_failing_rank_still_joins_the_final_exchange(monkeypatch, capsys):
         def is_initialized():
             return False
 
+        @staticmethod
+        def get_backend():
+            return "gloo"
+
     def boom(args, rank, world):
         raise ModelError("cannot read weights", path="w.pt")
 
@@ -289,3 +293,23 @@ def test_failing_rank_still_joins_the_final_exchange(monkeypatch, capsys):
     FakeDist.all_reduce = staticmethod(lambda t: t.add_(torch.tensor([0, 0, 0, 1])))
     assert infer_cli.run(args) == 1
     assert "1 of 2 ranks stopped with an error" in capsys.readouterr().err
+
+
+def test_final_exchange_runs_on_the_gpu_under_nccl(monkeypatch):
+    """nccl reduces CUDA tensors only: the count exchange must use this rank's GPU there, and the CPU under gloo."""
+    import torch
+
+    from pipeline.inference import cli as infer_cli
+
+    class Dist:
+        backend = "nccl"
+
+        @classmethod
+        def get_backend(cls):
+            return cls.backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # torchrun's LOCAL_RANK 1, set by init_distributed
+    assert infer_cli._exchange_device(Dist) == torch.device("cuda", 1)
+    Dist.backend = "gloo"
+    assert infer_cli._exchange_device(Dist) == torch.device("cpu")
