@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "pipeline.evaluation.cli",  # evaluate
     "pipeline.training.cli",  # train (bundle training wrapper)
     "pipeline.benchmark.cli",  # benchmark
+    "pipeline.deploy.cli",  # export (ONNX, OpenVINO, TorchScript)
     "pipeline.demo",  # demo
 )
 

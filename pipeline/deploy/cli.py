@@ -1,0 +1,78 @@
+"""``medseg export``: write a bundle's or preset's network as ONNX, OpenVINO IR or TorchScript, checked against PyTorch.
+
+Examples (shell)::
+
+    medseg export --model bundles/unetrpp_hippocampus_mri_segmentation --format onnx --out exports/hippo.onnx
+    medseg export --model unetrpp_synapse --checkpoint w.pt --format openvino --out exports/synapse.xml
+    medseg export --model swinunet3d --allow-untrained --format torchscript --out exports/swin.pt
+
+The logic is :func:`pipeline.deploy.export.export_model`; this module parses options and prints the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.deploy.export import DEFAULT_OPSET, FP32_RTOL
+from pipeline.deploy.runtimes import FORMATS
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``export`` sub-command."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a network (ONNX, OpenVINO, TorchScript) for a fixed window and batch, checked against PyTorch",
+        description="Export the network of a bundle or preset for its window and a fixed --sw-batch-size, run "
+        f"PyTorch and the export on a real window (else a seeded random one), fail when max |delta logit| > "
+        f"{FP32_RTOL:g} * max |logit|, and write <out>.json beside the export.",
+    )
+    p.add_argument("--model", required=True, help="bundle directory, or a network preset name (with --checkpoint)")
+    p.add_argument("--checkpoint", help="weights file (state dict); default <bundle>/models/model.pt")
+    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="export format")
+    p.add_argument("--out", required=True, help="the export's file: .onnx, .xml (+ .bin beside it), .pt")
+    p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size (default: the model's)")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per call, fixed (default: the model's)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
+    p.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="without weights, export a seeded random initialisation (smoke tests; the JSON says untrained)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of that initialisation and of a random check window")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads for the check (default: torch's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export and its JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medseg export``; prints the check and the written files."""
+    from pipeline.deploy.export import export_model
+
+    result = export_model(
+        args.model,
+        args.format,
+        args.out,
+        checkpoint=args.checkpoint,
+        roi_size=args.roi,
+        sw_batch_size=args.sw_batch_size,
+        allow_untrained=args.allow_untrained,
+        seed=args.seed,
+        opset=args.opset,
+        overwrite=args.overwrite,
+        threads=args.threads,
+    )
+    meta, check = result.metadata, result.metadata["check"]
+    source = "a window of " + check["input"]["file"] if check["input"]["kind"] == "image" else "a seeded random window"
+    print(
+        f"max |delta logit| = {check['max_abs_error']:.3g} (relative {check['relative_error']:.2g}, tolerance "
+        f"{check['tolerance']:.3g}; argmax agreement {check['argmax_agreement']:.4%}) on {source}"
+    )
+    untrained = " UNTRAINED (seeded random weights)" if meta["untrained"] else ""
+    print(f"exported {meta['model']}{untrained} as {args.format}, input {tuple(meta['input']['shape'])}:")
+    for f in result.files:
+        print(f"  {f}")
+    print(f"  {result.metadata_path}")
+    return 0
