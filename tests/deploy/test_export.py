@@ -44,7 +44,9 @@ def _need(fmt: str) -> None:
 
 
 def test_every_preset_has_a_small_export_config():
-    assert sorted(SMALL_EXPORTS) == list_networks()
+    # the package's presets (other test modules register test-only presets in the same process)
+    project = [n for n in list_networks() if get_preset(n).factory.__module__.startswith("pipeline.")]
+    assert sorted(SMALL_EXPORTS) == project
 
 
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
