@@ -51,6 +51,7 @@ from pipeline.benchmark import PeakMemory, markdown_table, publish, script_parse
 from pipeline.inference import SlidingWindowEngine
 from pipeline.networks import create_network, optimize_for_cpu
 from pipeline.networks.unetrpp import UNETRPP
+from pipeline.networks.unetrpp.presets import TINY_UNETRPP
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu.md"
 NO_CUDA = "no CUDA device: nothing measured"
@@ -60,19 +61,7 @@ MIN_AGREEMENT = 0.9999
 PRESET = "unetrpp_synapse"
 VOLUME = (256, 256, 128)
 #: the quick run: a tiny UNETR++ (x, y, z input, 3 classes) and a volume a few windows wide
-QUICK_NET = dict(
-    in_channels=1,
-    out_channels=3,
-    img_size=(16, 32, 32),
-    feature_size=8,
-    dims=(16, 16, 32, 32),
-    depths=(1, 1, 1, 1),
-    num_heads=2,
-    proj_size=(8, 8, 8, 8),
-    decoder_proj_size=8,
-    decoder_depth=1,
-    stem_stride=(2, 2, 2),
-)
+QUICK_NET = dict(TINY_UNETRPP)
 QUICK_VOLUME = (32, 48, 40)
 OVERLAP = 0.5
 SW_BATCH_SIZE = 2

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.benchmark import markdown_table, median_time, publish, script_parser, time_paths, torch_threads
 from pipeline.networks import create_network, get_preset, optimize_for_cpu
 from pipeline.networks.unetrpp import UNETRPP
+from pipeline.networks.unetrpp.presets import TINY_UNETRPP
 
 PRESETS = ("unetrpp_synapse", "unetrpp_acdc", "unetrpp_lung", "unetrpp_tumor")
 #: fvcore GMACs of the official networks, measured upstream (docs/unetr_pp.md section 1)
@@ -53,19 +54,7 @@ QUICK = {
     "small_separate_conv52": dict(ef_mode="separate", fusion="concat", n_conv_blocks=2),
     "small_param_sum": dict(ef_mode="param", fusion="sum", n_conv_blocks=1),
 }
-QUICK_BASE = dict(
-    in_channels=1,
-    out_channels=3,
-    img_size=(16, 32, 32),
-    feature_size=8,
-    dims=(16, 16, 32, 32),
-    depths=(1, 1, 1, 1),
-    num_heads=2,
-    proj_size=(8, 8, 8, 8),
-    decoder_proj_size=8,
-    decoder_depth=1,
-    stem_stride=(2, 2, 2),
-)
+QUICK_BASE = dict(TINY_UNETRPP)
 
 
 def count_flops(net: torch.nn.Module, x: torch.Tensor) -> int:

@@ -12,24 +12,11 @@ from pipeline.inference import load_model
 from pipeline.networks import optimize_for_cpu
 from pipeline.networks.cpu import FoldedResBlock
 from pipeline.networks.unetrpp import UNETRPP
+from pipeline.networks.unetrpp.presets import TINY_UNETRPP
 from pipeline.paths import BUNDLES_DIR
 
 #: small UNETR++ with two BatchNorm conv blocks per transformer block (ACDC/Lung style), MONAI (x, y, z) patch
-SMALL = dict(
-    in_channels=1,
-    out_channels=3,
-    img_size=(32, 32, 16),
-    feature_size=8,
-    dims=(16, 16, 32, 32),
-    depths=(1, 1, 1, 1),
-    num_heads=2,
-    proj_size=(8, 8, 8, 8),
-    decoder_proj_size=8,
-    decoder_depth=1,
-    stem_stride=(2, 2, 2),
-    n_conv_blocks=2,
-    ef_mode="separate",
-)
+SMALL = dict(TINY_UNETRPP, img_size=(32, 32, 16), n_conv_blocks=2, ef_mode="separate")
 #: the fast path folds BatchNorm into the conv weights and uses oneDNN kernels: float32 rounding only
 ATOL, RTOL = 1e-5, 1e-4
 

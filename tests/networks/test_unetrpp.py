@@ -23,6 +23,7 @@ from pipeline.networks.unetrpp import (
     load_official_weights,
     read_nnunet_plans,
 )
+from pipeline.networks.unetrpp.presets import TINY_UNETRPP
 
 from helpers.unetrpp import fill_by_rule, fixture_input, load_fixture, sampled_errors
 
@@ -35,19 +36,7 @@ OFFICIAL_PARAMS = {
 }
 
 #: a small configuration (what a CPU training run can afford): patch 16x32x32, strides 16
-SMALL = dict(
-    in_channels=1,
-    out_channels=3,
-    img_size=(16, 32, 32),
-    feature_size=8,
-    dims=(16, 16, 32, 32),
-    depths=(1, 1, 1, 1),
-    num_heads=2,
-    proj_size=(8, 8, 8, 8),
-    decoder_proj_size=8,
-    decoder_depth=1,
-    stem_stride=(2, 2, 2),
-)
+SMALL = dict(TINY_UNETRPP)
 
 
 def n_params(net: torch.nn.Module) -> int:

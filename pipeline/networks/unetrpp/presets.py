@@ -41,7 +41,23 @@ from __future__ import annotations
 from pipeline.networks.registry import register_preset
 from pipeline.networks.unetrpp.network import UNETRPP
 
-__all__ = ["UNETRPP_PRESETS", "PROJECT_PRESETS"]
+__all__ = ["UNETRPP_PRESETS", "PROJECT_PRESETS", "TINY_UNETRPP"]
+
+#: a tiny UNETR++ (3 classes, 16x32x32 patch, 0.4 M parameters) for smoke tests and the ``--quick`` runs of the
+#: benchmark scripts; not a registered preset. Build it with ``UNETRPP(**TINY_UNETRPP)`` (and overrides).
+TINY_UNETRPP: dict = dict(
+    in_channels=1,
+    out_channels=3,
+    img_size=(16, 32, 32),
+    feature_size=8,
+    dims=(16, 16, 32, 32),
+    depths=(1, 1, 1, 1),
+    num_heads=2,
+    proj_size=(8, 8, 8, 8),
+    decoder_proj_size=8,
+    decoder_depth=1,
+    stem_stride=(2, 2, 2),
+)
 
 _COMMON = dict(
     feature_size=16,
