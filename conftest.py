@@ -10,6 +10,8 @@ import torch
 
 # one torch thread per process: `make test` runs one xdist worker per core, so more threads would only compete
 torch.set_num_threads(int(os.environ.get("MEDSEG_TEST_THREADS", "1")))
+# exports cached by `--backend` runs in tests go to a temporary folder, never to the user's ~/.cache/medseg
+os.environ.setdefault("MEDSEG_CACHE_DIR", tempfile.mkdtemp(prefix="medseg-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

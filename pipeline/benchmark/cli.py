@@ -13,6 +13,7 @@ import argparse
 import shlex
 import sys
 
+from pipeline.deploy.cli import add_backend_options, backend_options
 from pipeline.errors import EXIT_CASES_FAILED, EXIT_OK, UsageError
 
 
@@ -68,15 +69,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (0..1)")
     g.add_argument("--sw-batch-size", type=int, default=None, help="windows per network call")
     g.add_argument("--tta", action="store_true", help="nnU-Net mirroring test-time augmentation (8 flips)")
+    add_backend_options(p)
     p.set_defaults(func=run)
 
 
 def _command(args: argparse.Namespace) -> str:
     """The command line equivalent to ``args`` (the options that were set), for the report header."""
     parts = ["medseg", "benchmark", "--bundle", args.bundle, "--data", args.data]
-    for opt in ("split", "protocol", "limit", "out", "table", "device", "overlap", "sw_batch_size"):
+    defaults = (
+        ("protocol", "strict"),
+        ("table", "auto"),
+        ("device", "cpu"),
+        ("backend", "torch"),
+        ("precision", "fp32"),
+    )
+    for opt in (
+        "split",
+        "protocol",
+        "limit",
+        "out",
+        "table",
+        "device",
+        "overlap",
+        "sw_batch_size",
+        "backend",
+        "precision",
+    ):
         val = getattr(args, opt)
-        if val is not None and (opt, val) not in (("protocol", "strict"), ("table", "auto"), ("device", "cpu")):
+        if val is not None and (opt, val) not in defaults:
             parts += [f"--{opt.replace('_', '-')}", str(val)]
     if args.roi_size:
         parts += ["--roi-size", ",".join(map(str, args.roi_size))]
@@ -99,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
             ("overlap", args.overlap),
             ("sw_batch_size", args.sw_batch_size),
             ("tta", args.tta or None),
+            *(
+                (k, v)
+                for k, v in backend_options(args).items()
+                if (k, v) not in (("backend", "torch"), ("precision", "fp32"))
+            ),
         )
         if v is not None
     }

@@ -109,6 +109,9 @@ def open_model(
     sw_batch_size: int | None = None,
     tta: bool = False,
     seed: int = 0,
+    backend: str = "torch",
+    precision: str = "fp32",
+    cache_dir: str | Path | None = None,
 ) -> BundleModel:
     """Build the bundle's network and preprocessing from ``configs/inference.json``.
 
@@ -120,10 +123,12 @@ def open_model(
         roi_size: override of the bundle's ``roi_size`` (x, y, z); networks whose size depends on it are rebuilt.
         overlap, sw_batch_size: overrides of the inferer's settings.
         tta: nnU-Net mirroring test-time augmentation (8 flips).
+        backend, precision, cache_dir: who runs the network (:func:`pipeline.deploy.backend.apply_backend`).
 
     Raises:
         ModelError: missing/invalid config, a network that cannot be built, or weights that do not fit.
     """
+    from pipeline.deploy.backend import apply_backend
     from pipeline.inference.loading import load_model
     from pipeline.inference.runner import InferenceSettings
 
@@ -138,6 +143,7 @@ def open_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(bundle, weights, dev, roi_size=roi_size, allow_untrained=weights is None, seed=seed)
+        loaded = apply_backend(loaded, backend, precision, sw_batch_size=sw_batch_size, cache_dir=cache_dir)
     net = loaded.network
     loaded.network = TimedNetwork(net, dev)
     try:
@@ -146,7 +152,7 @@ def open_model(
         preset = "see inference.json"
     run = InferenceSettings(overlap=overlap, sw_batch_size=sw_batch_size, tta=bool(tta), quiet=True)
     run.validate()
-    n_params = sum(p.numel() for p in net.parameters())
+    n_params = loaded.describe()["parameters"]
     settings: dict[str, Any] = {
         "device": str(dev),
         "roi_size": list(loaded.roi_size),
@@ -158,6 +164,8 @@ def open_model(
         "preprocessing": preset,
         "engine": "pipeline.inference (SlidingWindowEngine)",
         "torch_threads": torch.get_num_threads(),
+        "backend": loaded.backend["name"],
+        "precision": loaded.backend["precision"],
     }
-    desc = f"{type(net).__name__} ({n_params / 1e6:.2f} M parameters) from {bundle.name}/{INFERENCE_CONFIG}"
+    desc = f"{loaded.architecture} ({n_params / 1e6:.2f} M parameters) from {bundle.name}/{INFERENCE_CONFIG}"
     return BundleModel(loaded, run, settings, notes, desc)

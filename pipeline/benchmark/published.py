@@ -127,8 +127,26 @@ def _row(method: str, values: Sequence[float | None], order: Sequence[int], **kw
     return PublishedRow(method, {k: v for k, v in zip(order, values) if v is not None}, **kw)
 
 
-_SYN_TU = "row from the TransUNet-style evaluation (2D), copied into the UNETR++ table"
-_SYN_COPIED = "copied into the UNETR++ table from earlier papers; evaluation code not stated"
+# (protocol, note) of the Synapse rows
+_SYN_TU = ("legacy_transunet", "row from the TransUNet-style evaluation (2D), copied into the UNETR++ table")
+_SYN_COPIED = ("unstated", "copied into the UNETR++ table from earlier papers; evaluation code not stated")
+_SYN_NNFORMER = ("legacy_unetrpp", "nnFormer's inference_synapse.py, which UNETR++ reuses")
+_SYN_UNETRPP = ("legacy_unetrpp", "final checkpoint; FLOPs at 64x128x128")
+
+#: the Synapse table: method, DSC per column (SYNAPSE_ORDER), mean DSC, mean HD95, M params, GFLOPs,
+#: (protocol, note); None where the paper prints '-'
+_SYNAPSE_ROWS: tuple[
+    tuple[str, tuple[float, ...], float, float | None, float | None, float | None, tuple[str, str]], ...
+] = (
+    ("U-Net", (86.67, 68.60, 77.77, 69.72, 93.43, 75.58, 89.07, 53.98), 76.85, None, None, None, _SYN_TU),
+    ("TransUNet", (85.08, 77.02, 81.87, 63.16, 94.08, 75.62, 87.23, 55.86), 77.49, 31.69, 96.07, 88.91, _SYN_TU),
+    ("Swin-UNet (2D)", (90.66, 79.61, 83.28, 66.53, 94.29, 76.60, 85.47, 56.58), 79.13, 21.55, None, None, _SYN_TU),
+    ("UNETR", (85.00, 84.52, 85.60, 56.30, 94.57, 70.46, 89.80, 60.47), 78.35, 18.59, 92.49, 75.76, _SYN_COPIED),
+    ("MISSFormer", (91.92, 82.00, 85.21, 68.65, 94.41, 80.81, 86.99, 65.67), 81.96, 18.20, None, None, _SYN_TU),
+    ("Swin-UNETR", (95.37, 86.26, 86.99, 66.54, 95.72, 77.01, 91.12, 68.80), 83.48, 10.55, 62.83, 384.2, _SYN_COPIED),
+    ("nnFormer", (90.51, 86.25, 86.57, 70.17, 96.84, 86.83, 92.04, 83.35), 86.57, 10.63, 150.5, 213.4, _SYN_NNFORMER),
+    ("UNETR++", (95.77, 87.18, 87.54, 71.25, 96.42, 86.01, 92.52, 81.10), 87.22, 7.53, 42.96, 47.98, _SYN_UNETRPP),
+)
 
 SYNAPSE = PublishedTable(
     key="synapse",
@@ -138,92 +156,22 @@ SYNAPSE = PublishedTable(
     hd95_unit="voxels",
     source=PAPER + ", Synapse table",
     note="8 of the 13 trained organs are evaluated; HD95 in voxels of the original grid (no spacing).",
-    rows=(
-        _row(
-            "U-Net",
-            [86.67, 68.60, 77.77, 69.72, 93.43, 75.58, 89.07, 53.98],
-            SYNAPSE_ORDER,
-            mean_dsc=76.85,
-            protocol="legacy_transunet",
-            note=_SYN_TU,
-        ),
-        _row(
-            "TransUNet",
-            [85.08, 77.02, 81.87, 63.16, 94.08, 75.62, 87.23, 55.86],
-            SYNAPSE_ORDER,
-            mean_dsc=77.49,
-            mean_hd95=31.69,
-            params_m=96.07,
-            flops_g=88.91,
-            protocol="legacy_transunet",
-            note=_SYN_TU,
-        ),
-        _row(
-            "Swin-UNet (2D)",
-            [90.66, 79.61, 83.28, 66.53, 94.29, 76.60, 85.47, 56.58],
-            SYNAPSE_ORDER,
-            mean_dsc=79.13,
-            mean_hd95=21.55,
-            protocol="legacy_transunet",
-            note=_SYN_TU,
-        ),
-        _row(
-            "UNETR",
-            [85.00, 84.52, 85.60, 56.30, 94.57, 70.46, 89.80, 60.47],
-            SYNAPSE_ORDER,
-            mean_dsc=78.35,
-            mean_hd95=18.59,
-            params_m=92.49,
-            flops_g=75.76,
-            protocol="unstated",
-            note=_SYN_COPIED,
-        ),
-        _row(
-            "MISSFormer",
-            [91.92, 82.00, 85.21, 68.65, 94.41, 80.81, 86.99, 65.67],
-            SYNAPSE_ORDER,
-            mean_dsc=81.96,
-            mean_hd95=18.20,
-            protocol="legacy_transunet",
-            note=_SYN_TU,
-        ),
-        _row(
-            "Swin-UNETR",
-            [95.37, 86.26, 86.99, 66.54, 95.72, 77.01, 91.12, 68.80],
-            SYNAPSE_ORDER,
-            mean_dsc=83.48,
-            mean_hd95=10.55,
-            params_m=62.83,
-            flops_g=384.2,
-            protocol="unstated",
-            note=_SYN_COPIED,
-        ),
-        _row(
-            "nnFormer",
-            [90.51, 86.25, 86.57, 70.17, 96.84, 86.83, 92.04, 83.35],
-            SYNAPSE_ORDER,
-            mean_dsc=86.57,
-            mean_hd95=10.63,
-            params_m=150.5,
-            flops_g=213.4,
-            protocol="legacy_unetrpp",
-            note="nnFormer's inference_synapse.py, which UNETR++ reuses",
-        ),
-        _row(
-            "UNETR++",
-            [95.77, 87.18, 87.54, 71.25, 96.42, 86.01, 92.52, 81.10],
-            SYNAPSE_ORDER,
-            mean_dsc=87.22,
-            mean_hd95=7.53,
-            params_m=42.96,
-            flops_g=47.98,
-            protocol="legacy_unetrpp",
-            note="final checkpoint; FLOPs at 64x128x128",
-        ),
+    rows=tuple(
+        _row(m, dsc, SYNAPSE_ORDER, mean_dsc=avg, mean_hd95=hd95, params_m=par, flops_g=flops, protocol=pr, note=note)
+        for m, dsc, avg, hd95, par, flops, (pr, note) in _SYNAPSE_ROWS
     ),
 )
 
 _BTCV_NOTE = "Dice only, 13 organs; the paper does not state the evaluation code"
+#: the BTCV table: method, DSC per column (BTCV_ORDER), printed Avg
+_BTCV_ROWS: tuple[tuple[str, tuple[float, ...], float], ...] = (
+    ("nnUNet", (95.95, 88.35, 93.02, 70.13, 76.72, 96.51, 86.79, 88.93, 82.89, 78.51, 79.60, 73.26, 68.35), 83.16),
+    ("TransBTS", (94.55, 89.20, 90.97, 68.38, 75.61, 96.44, 83.52, 88.55, 82.48, 74.21, 76.02, 67.23, 67.03), 81.31),
+    ("UNETR", (90.48, 82.51, 86.05, 58.23, 71.21, 94.64, 72.06, 86.57, 76.51, 70.37, 66.06, 66.25, 63.04), 76.00),
+    ("Swin-UNETR", (94.59, 88.97, 92.39, 65.37, 75.43, 95.61, 75.57, 88.28, 81.61, 76.30, 74.52, 68.23, 66.02), 80.44),
+    ("nnFormer", (94.58, 88.62, 93.68, 65.29, 76.22, 96.17, 83.59, 89.09, 80.80, 75.97, 77.87, 70.20, 66.05), 81.62),
+    ("UNETR++", (94.94, 91.90, 93.62, 70.75, 77.18, 95.95, 85.15, 89.28, 83.14, 76.91, 77.42, 72.56, 68.17), 83.28),
+)
 BTCV = PublishedTable(
     key="btcv",
     dataset="BTCV multi-organ CT (MONAI dataset_0.json)",
@@ -234,33 +182,7 @@ BTCV = PublishedTable(
     note="In every row the printed Avg is 0.16-0.44 points above the mean of the 13 printed organ columns; both are "
     "kept as published (the paper does not say how Avg was averaged).",
     rows=tuple(
-        _row(m, v[:13], BTCV_ORDER, mean_dsc=v[13], protocol="unstated", note=_BTCV_NOTE)
-        for m, v in (
-            (
-                "nnUNet",
-                [95.95, 88.35, 93.02, 70.13, 76.72, 96.51, 86.79, 88.93, 82.89, 78.51, 79.60, 73.26, 68.35, 83.16],
-            ),
-            (
-                "TransBTS",
-                [94.55, 89.20, 90.97, 68.38, 75.61, 96.44, 83.52, 88.55, 82.48, 74.21, 76.02, 67.23, 67.03, 81.31],
-            ),
-            (
-                "UNETR",
-                [90.48, 82.51, 86.05, 58.23, 71.21, 94.64, 72.06, 86.57, 76.51, 70.37, 66.06, 66.25, 63.04, 76.00],
-            ),
-            (
-                "Swin-UNETR",
-                [94.59, 88.97, 92.39, 65.37, 75.43, 95.61, 75.57, 88.28, 81.61, 76.30, 74.52, 68.23, 66.02, 80.44],
-            ),
-            (
-                "nnFormer",
-                [94.58, 88.62, 93.68, 65.29, 76.22, 96.17, 83.59, 89.09, 80.80, 75.97, 77.87, 70.20, 66.05, 81.62],
-            ),
-            (
-                "UNETR++",
-                [94.94, 91.90, 93.62, 70.75, 77.18, 95.95, 85.15, 89.28, 83.14, 76.91, 77.42, 72.56, 68.17, 83.28],
-            ),
-        )
+        _row(m, dsc, BTCV_ORDER, mean_dsc=avg, protocol="unstated", note=_BTCV_NOTE) for m, dsc, avg in _BTCV_ROWS
     ),
 )
 
@@ -273,12 +195,15 @@ LUNG = PublishedTable(
     hd95_unit=None,
     source=PAPER + ", MSD Lung table",
     note="UNETR++ 80.68 is the class-1 Dice of nnU-Net's summary.json, re-verified by the maintainer (issue #35).",
-    rows=(
-        PublishedRow("nnUNet", {1: 74.31}, mean_dsc=74.31, protocol="unstated"),
-        PublishedRow("Swin-UNETR", {1: 75.55}, mean_dsc=75.55, protocol="unstated"),
-        PublishedRow("nnFormer", {1: 77.95}, mean_dsc=77.95, protocol="unstated"),
-        PublishedRow("UNETR", {1: 73.29}, mean_dsc=73.29, protocol="unstated"),
-        PublishedRow("UNETR++", {1: 80.68}, mean_dsc=80.68, protocol="nnunet_summary"),
+    rows=tuple(
+        _row(m, (dsc,), (1,), mean_dsc=dsc, protocol=pr)  # one class: its Dice is the mean
+        for m, dsc, pr in (
+            ("nnUNet", 74.31, "unstated"),
+            ("Swin-UNETR", 75.55, "unstated"),
+            ("nnFormer", 77.95, "unstated"),
+            ("UNETR", 73.29, "unstated"),
+            ("UNETR++", 80.68, "nnunet_summary"),
+        )
     ),
 )
 

@@ -135,8 +135,9 @@ def bundle_held_out(bundle_dir: Path, data_root: Path, labelled: Sequence[Mappin
     """The cases the bundle holds out for validation, on this dataset.
 
     The bundle's ``configs/inference.json`` ``datalist`` (its validation images) is evaluated with ``dataset_dir``
-    pointing at ``data_root``, so whatever the bundle uses (a ``datalist.json``, ``split_datalist``...) decides; the
-    images are matched to the dataset's labelled items. Returns ``[]`` when the bundle defines no such list.
+    pointing at ``data_root``, so the bundle's own expression (its ``configs/datalist.json``, or an override)
+    decides; the images are matched to the dataset's labelled items. Returns ``[]`` when the bundle defines no such
+    list.
     """
     from monai.bundle import ConfigParser
 

@@ -74,21 +74,17 @@ def section_markdown(
     return "\n".join(parts)
 
 
-def write_section(
-    path: str | Path,
-    title: str,
-    table: str,
-    *,
-    command: str,
-    stamp: Mapping[str, Any] | None = None,
-    notes: Sequence[str] = (),
-    script: str | None = None,
-    details: Sequence[str] = (),
-) -> Path:
-    """Write :func:`section_markdown` atomically to ``path`` (the ``--out FILE`` of a benchmark script)."""
-    text = section_markdown(
-        title, table, command=command, stamp=stamp, notes=notes, script=script or Path(path).stem, details=details
-    )
+def write_section(path: str | Path, title: str, table: str, **section: Any) -> Path:
+    """Write :func:`section_markdown` atomically to ``path`` (the ``--out FILE`` of a benchmark script).
+
+    Args:
+        path: the section file.
+        title, table: as in :func:`section_markdown`.
+        section: the keyword arguments of :func:`section_markdown` (``command`` is required); ``script`` defaults to
+            the file name without its suffix.
+    """
+    section["script"] = section.get("script") or Path(path).stem
+    text = section_markdown(title, table, **section)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)

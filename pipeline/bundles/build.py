@@ -6,9 +6,10 @@ Usage::
     python -m pipeline.bundles.build --check         # exit 1 and name each drifted file; nothing is written
     python -m pipeline.bundles.build --bundles-dir D unetrpp_sts_ct_segmentation
 
-The generated files are ``inference.json``, ``train.json``, ``evaluate.json``, ``multi_gpu_train.json`` and
-``logging.conf`` (:func:`pipeline.bundles.template.render_bundle`); ``metadata.json``, ``datalist.json``, ``docs/``
-and ``models/`` are the bundle's own. A bundle folder with a ``configs/`` but no spec is reported too: every bundle
+The generated files are ``inference.json``, ``train.json``, ``evaluate.json``, ``multi_gpu_train.json``,
+``logging.conf`` and, for a bundle whose spec names an official split of ``data/``, ``datalist.json``
+(:func:`pipeline.bundles.template.render_bundle`); ``metadata.json``, ``docs/``, ``models/`` and the other bundles'
+``datalist.json`` are the bundle's own. A bundle folder with a ``configs/`` but no spec is reported too: every bundle
 is generated.
 """
 

@@ -11,11 +11,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BundleSpec", "TrainRecipe", "DATALISTS"]
+__all__ = ["BundleSpec", "TrainRecipe", "OfficialSplit"]
 
-#: where a bundle's cases come from: its own ``configs/datalist.json`` (``"file"``, an MSD-style split relative to
-#: ``dataset_dir``) or :func:`pipeline.training.bundle.split_datalist` on the dataset folder (``"split"``)
-DATALISTS = ("file", "split")
+
+@dataclass(frozen=True)
+class OfficialSplit:
+    """A bundle's ``configs/datalist.json`` written by the generator from an official split file in ``data/``.
+
+    The datalist names every case of the split, so the bundle's configs read only that JSON when they are parsed (not
+    the dataset folder), and a folder that lacks some of the cases is reported when they are loaded.
+
+    Args:
+        name: the split file (:func:`pipeline.data.readers.load_split_file`: ``synapse``, ``btcv``, ``lung``).
+        image: a case's image path relative to ``dataset_dir``; ``{id}`` stands for the case id of the split file.
+        label: the case's label path, likewise.
+        keys: datalist key (``training``, ``validation``) -> the split file's key.
+
+    Examples:
+        >>> split = OfficialSplit("synapse", "Training/img/img{id}.nii.gz", "Training/label/label{id}.nii.gz",
+        ...                       {"training": "train", "validation": "test"})
+        >>> split.image.format(id="0005")
+        'Training/img/img0005.nii.gz'
+    """
+
+    name: str
+    image: str
+    label: str
+    keys: Mapping[str, str] = field(default_factory=lambda: {"training": "training", "validation": "validation"})
 
 
 @dataclass(frozen=True)
@@ -67,16 +89,18 @@ class BundleSpec:
             ``"@num_classes"`` references, and the overrides of the preset this bundle uses).
         network_preset_id: write the preset name as the top-level id ``network_preset`` (``network_def`` then reads
             ``"@network_preset"``), so that ``--network_preset NAME`` swaps the variant.
-        datalist: ``"file"`` or ``"split"`` (see :data:`DATALISTS`).
+        split: the official split the generator writes to ``configs/datalist.json``; None: the bundle's
+            ``configs/datalist.json`` is its own (written by hand, like ``metadata.json``). Every bundle's configs
+            load their cases from that file.
         tta_mirror_axes: the spatial axes mirrored by ``medseg infer --tta`` (the augmentation's flips), if set.
         sw_batch_size: windows per network call in ``inference.json``.
 
     Examples:
         >>> recipe = TrainRecipe("adamw", 2e-3, 1e-4, max_epochs=70, val_interval=5, augmentation={})
         >>> spec = BundleSpec("x_segmentation", "Task04_Hippocampus", (32, 48, 32), "mri_hippocampus", 3,
-        ...                   "unetrpp_hippocampus", recipe, datalist="file")
-        >>> spec.datalist
-        'file'
+        ...                   "unetrpp_hippocampus", recipe)
+        >>> spec.split is None  # the bundle ships its own configs/datalist.json
+        True
     """
 
     name: str
@@ -88,12 +112,10 @@ class BundleSpec:
     train: TrainRecipe
     network_args: Mapping[str, Any] = field(default_factory=dict)
     network_preset_id: bool = False
-    datalist: str = "split"
+    split: OfficialSplit | None = None
     tta_mirror_axes: tuple[int, ...] | None = None
     sw_batch_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.datalist not in DATALISTS:
-            raise ValueError(f"bundle spec {self.name}: datalist must be one of {DATALISTS}, got {self.datalist!r}")
         if len(self.roi_size) != 3:
             raise ValueError(f"bundle spec {self.name}: roi_size needs 3 values (x, y, z), got {self.roi_size}")

@@ -1,8 +1,9 @@
 """The bundles of ``bundles/``, one :class:`~pipeline.bundles.spec.BundleSpec` each; ``python -m
 pipeline.bundles.build`` writes their configs.
 
-To add a bundle, add a spec here (and its ``metadata.json``, ``docs/README.md`` and ``LICENSE``), then run the
-generator. The training recipes shared by several bundles are named once below.
+To add a bundle, add a spec here (and its ``metadata.json``, ``docs/README.md`` and ``LICENSE``, and a
+``configs/datalist.json`` unless the spec names an official ``split``), then run the generator. The training recipes
+shared by several bundles are named once below.
 
 Examples:
     >>> SPECS["unetrpp_hippocampus_mri_segmentation"].network
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pipeline.bundles.spec import BundleSpec, TrainRecipe
+from pipeline.bundles.spec import BundleSpec, OfficialSplit, TrainRecipe
 
 __all__ = ["SPECS", "NNUNET_AUGMENTATION", "HIPPOCAMPUS_AUGMENTATION"]
 
@@ -64,6 +65,21 @@ _UNETRPP_OFFICIAL = {"img_size": "@roi_size", "input_order": "xyz"}
 _UNETRPP_PROJECT = {"img_size": "@roi_size", "out_channels": "@num_classes"}
 _SWIN = {"roi_size": "@roi_size", "in_channels": 1, "out_channels": "@num_classes"}
 
+# The official splits of data/ with each layout's file names, for the generated configs/datalist.json.
+#: Synapse RawData, official 18/12 split: the 12 "test" cases are the validation set, as in the official UNETR++ code
+SYNAPSE_SPLIT = OfficialSplit(
+    "synapse",
+    "Training/img/img{id}.nii.gz",
+    "Training/label/label{id}.nii.gz",
+    {"training": "train", "validation": "test"},
+)
+#: BTCV in MONAI's layout, 24/6: the training/validation lists of MONAI's dataset_0.json
+BTCV_SPLIT = OfficialSplit("btcv", "imagesTr/img{id}.nii.gz", "labelsTr/label{id}.nii.gz")
+#: MSD Task06_Lung, the UNETR++ 50/13 split (its 13 validation cases are those of the published lung Dice)
+LUNG_SPLIT = OfficialSplit(
+    "lung", "imagesTr/{id}.nii.gz", "labelsTr/{id}.nii.gz", {"training": "train", "validation": "validation"}
+)
+
 _SPECS = [
     BundleSpec(
         "unetrpp_synapse_ct_segmentation",
@@ -74,6 +90,7 @@ _SPECS = [
         "unetrpp_synapse",
         UNETRPP_CT,
         network_args=_UNETRPP_OFFICIAL,
+        split=SYNAPSE_SPLIT,
     ),
     BundleSpec(
         "unetrpp_btcv_ct_segmentation",
@@ -84,6 +101,7 @@ _SPECS = [
         "unetrpp_btcv",
         UNETRPP_CT,
         network_args=_UNETRPP_OFFICIAL,
+        split=BTCV_SPLIT,
     ),
     BundleSpec(
         "unetrpp_lung_ct_segmentation",
@@ -94,6 +112,7 @@ _SPECS = [
         "unetrpp_lung",
         UNETRPP_CT,
         network_args=_UNETRPP_OFFICIAL,
+        split=LUNG_SPLIT,
     ),
     BundleSpec(
         "unetrpp_sts_ct_segmentation",
@@ -111,7 +130,6 @@ _SPECS = [
             augmentation={**NNUNET_AUGMENTATION, "affine_prob": 0.2},
         ),
         network_args=_UNETRPP_PROJECT,
-        datalist="file",
     ),
     BundleSpec(
         "unetrpp_hippocampus_mri_segmentation",
@@ -122,7 +140,6 @@ _SPECS = [
         "unetrpp_hippocampus",
         HIPPOCAMPUS,
         network_args=_UNETRPP_PROJECT,
-        datalist="file",
         tta_mirror_axes=(0,),
         sw_batch_size=4,
     ),
@@ -135,6 +152,7 @@ _SPECS = [
         "swinunet3d",
         SWIN_CT,
         network_args=_SWIN,
+        split=BTCV_SPLIT,
     ),
     BundleSpec(
         "swinunet3d_lgt_btcv_ct_segmentation",
@@ -145,6 +163,7 @@ _SPECS = [
         "swinunet3d_lgt",
         SWIN_CT,
         network_args=_SWIN,
+        split=BTCV_SPLIT,
     ),
     # the Swin ablation's bundle: the UNETR++ hippocampus recipe, the variant chosen with --network_preset
     BundleSpec(
@@ -165,7 +184,6 @@ _SPECS = [
             "drop_path_rate": 0.1,
         },
         network_preset_id=True,
-        datalist="file",
         tta_mirror_axes=(0,),
         sw_batch_size=4,
     ),

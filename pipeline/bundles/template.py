@@ -1,7 +1,9 @@
 """The one bundle template: a :class:`~pipeline.bundles.spec.BundleSpec` in, the MONAI config files out.
 
 :func:`render_bundle` returns the text of ``inference.json``, ``train.json``, ``evaluate.json``,
-``multi_gpu_train.json`` and ``logging.conf``. The last three are the same for every bundle. Training handlers are
+``multi_gpu_train.json`` and ``logging.conf`` (the last three are the same for every bundle), and of
+``datalist.json`` for a bundle whose spec names an official split (:func:`datalist_json`). Every bundle's configs take
+their cases from ``configs/datalist.json``, so parsing them reads no dataset folder. Training handlers are
 keyed by name (``train#handlers_by_name#checkpoint``...) so that ``multi_gpu_train.json`` and ``--set`` overrides
 address them by id; the trainer takes them in that order (``$list(@train#handlers_by_name.values())``), and a
 disabled one (``_disabled_``) is left out. There is no ``train#handlers`` list id: MONAI's
@@ -15,9 +17,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.bundles.spec import BundleSpec
+from pipeline.bundles.spec import BundleSpec, OfficialSplit
 
-__all__ = ["render_bundle", "inference_config", "train_config", "format_json", "EVALUATE", "MULTI_GPU_TRAIN"]
+__all__ = [
+    "render_bundle",
+    "inference_config",
+    "train_config",
+    "datalist_json",
+    "format_json",
+    "EVALUATE",
+    "MULTI_GPU_TRAIN",
+]
 
 IMPORTS = [
     "$import glob",
@@ -41,16 +51,14 @@ LOSS_OUTPUT = "$lambda out: out['loss']"
 TENSORBOARD_DIR = "$@train_dir + '/tensorboard'"
 
 
-def _datalist_file(spec: BundleSpec) -> dict[str, str]:
-    """``datalist_file``, for a bundle that has its own split."""
-    return {"datalist_file": "$@bundle_root + '/configs/datalist.json'"} if spec.datalist == "file" else {}
+#: every bundle's cases: MSD-style lists with paths relative to ``dataset_dir``. Parsing a config reads this file
+#: only (the model zoo's CI has no data); the dataset's files are read when the cases are loaded.
+DATALIST_FILE = "$@bundle_root + '/configs/datalist.json'"
 
 
-def _cases(spec: BundleSpec, split: str) -> str:
+def _cases(split: str) -> str:
     """The Python expression (without ``$``) listing the labelled cases of ``split`` (training/validation)."""
-    if spec.datalist == "file":
-        return f"monai.data.load_decathlon_datalist(@datalist_file, True, '{split}', @dataset_dir)"
-    return f"pipeline.training.bundle.split_datalist(@dataset_dir, '{split}')"
+    return f"monai.data.load_decathlon_datalist(@datalist_file, True, '{split}', @dataset_dir)"
 
 
 def _header(spec: BundleSpec) -> dict[str, Any]:
@@ -90,6 +98,12 @@ def _loader(dataset: str, batch_size: int, shuffle: bool) -> dict[str, Any]:
     }
 
 
+def _postprocessing(*transforms: dict[str, Any]) -> dict[str, Any]:
+    """A ``Compose`` of the softmax over the network's output channels, then ``transforms``."""
+    softmax = {"_target_": "Activationsd", "keys": "pred", "softmax": True}
+    return {"_target_": "Compose", "transforms": [softmax, *transforms]}
+
+
 def _window(sw_batch_size: int, **extra: Any) -> dict[str, Any]:
     return {
         "_target_": "SlidingWindowInferer",
@@ -114,8 +128,8 @@ def inference_config(spec: BundleSpec) -> dict[str, Any]:
         **_header(spec),
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": f"$pipeline.training.bundle.dataset_dir('{spec.dataset}')",
-        **_datalist_file(spec),
-        "datalist": f"$[{{'image': d['image']}} for d in {_cases(spec, 'validation')}]",
+        "datalist_file": DATALIST_FILE,
+        "datalist": f"$[{{'image': d['image']}} for d in {_cases('validation')}]",
         "device": DEVICE,
         "use_amp": "$@device.type == 'cuda'",
         "ckpt_path": "$@bundle_root + '/models/model.pt'",
@@ -126,22 +140,18 @@ def inference_config(spec: BundleSpec) -> dict[str, Any]:
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": _loader("@dataset", 1, False),
         "inferer": _window(spec.sw_batch_size, cache_roi_weight_map=True),
-        "postprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {
-                    "_target_": "Invertd",
-                    "keys": "pred",
-                    "transform": "@preprocessing",
-                    "orig_keys": "image",
-                    "nearest_interp": False,
-                    "to_tensor": True,
-                },
-                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-                _save_predictions(),
-            ],
-        },
+        "postprocessing": _postprocessing(
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "nearest_interp": False,
+                "to_tensor": True,
+            },
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            _save_predictions(),
+        ),
         "handlers": [_weights_loader(), {"_target_": "StatsHandler", "iteration_log": False}],
         "evaluator": {
             "_target_": "SupervisedEvaluator",
@@ -262,9 +272,9 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
         "train_dir": "$@bundle_root + '/runs'",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": f"$pipeline.training.bundle.dataset_dir('{spec.dataset}')",
-        **_datalist_file(spec),
-        "train_datalist": f"${_cases(spec, 'training')}",
-        "val_datalist": f"${_cases(spec, 'validation')}",
+        "datalist_file": DATALIST_FILE,
+        "train_datalist": f"${_cases('training')}",
+        "val_datalist": f"${_cases('validation')}",
         "device": DEVICE,
         "use_amp": "$@device.type == 'cuda'",
         "seed": 0,
@@ -323,18 +333,14 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
             },
             "dataloader": _loader("@validate#dataset", 1, False),
             "inferer": _window(4),
-            "postprocessing": {
-                "_target_": "Compose",
-                "transforms": [
-                    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                    {
-                        "_target_": "AsDiscreted",
-                        "keys": ["pred", "label"],
-                        "argmax": [True, False],
-                        "to_onehot": "$[@num_classes, @num_classes]",
-                    },
-                ],
-            },
+            "postprocessing": _postprocessing(
+                {
+                    "_target_": "AsDiscreted",
+                    "keys": ["pred", "label"],
+                    "argmax": [True, False],
+                    "to_onehot": "$[@num_classes, @num_classes]",
+                },
+            ),
             "handlers": [
                 {"_target_": "pipeline.training.ProgressBar", "desc": "validate"},
                 {"_target_": "StatsHandler", "iteration_log": False},
@@ -379,23 +385,19 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
 #: ``configs/evaluate.json`` (merged over ``train.json``): the validation cases scored with the trained weights, in
 #: each image's own grid (``metrics.csv``...), predictions saved with ``--save_predictions true``
 EVALUATE: dict[str, Any] = {
-    "validate#postprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {
-                "_target_": "Invertd",
-                "keys": ["pred", "label"],
-                "transform": "@validate#preprocessing",
-                "orig_keys": "image",
-                "nearest_interp": [False, True],
-                "to_tensor": True,
-            },
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            _save_predictions(_disabled_="$not @save_predictions"),
-            {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": "$[@num_classes, @num_classes]"},
-        ],
-    },
+    "validate#postprocessing": _postprocessing(
+        {
+            "_target_": "Invertd",
+            "keys": ["pred", "label"],
+            "transform": "@validate#preprocessing",
+            "orig_keys": "image",
+            "nearest_interp": [False, True],
+            "to_tensor": True,
+        },
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        _save_predictions(_disabled_="$not @save_predictions"),
+        {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": "$[@num_classes, @num_classes]"},
+    ),
     "save_predictions": False,
     "ckpt_path": "$@ckpt_dir + '/model.pt'",
     "allow_untrained": False,
@@ -521,18 +523,55 @@ def format_json(obj: Any, indent: int = 4) -> str:
     return fmt(obj, 0) + "\n"
 
 
+def datalist_json(split: OfficialSplit) -> dict[str, Any]:
+    """``configs/datalist.json`` of a bundle with an official split: every case of the split file in ``data/``, with
+    the layout's paths relative to ``dataset_dir``, whether or not a given dataset folder holds it.
+
+    Raises:
+        ValueError: the split file has no list under one of ``split.keys``.
+
+    Examples:
+        >>> from pipeline.bundles.specs import SPECS
+        >>> lists = datalist_json(SPECS["unetrpp_synapse_ct_segmentation"].split)
+        >>> len(lists["training"]), len(lists["validation"]), lists["validation"][0]
+        (18, 12, {'image': 'Training/img/img0001.nii.gz', 'label': 'Training/label/label0001.nii.gz'})
+    """
+    from pipeline.data.readers import SPLIT_FILES, load_split_file
+
+    data = load_split_file(split.name)
+    source = f"data/{SPLIT_FILES.get(split.name, split.name)}"
+    lists = {}
+    for key, file_key in split.keys.items():
+        ids = data["splits"].get(file_key)
+        if not isinstance(ids, list):
+            raise ValueError(f"{source}: no '{file_key}' list in its 'splits' (needed for the datalist's '{key}')")
+        lists[key] = [{"image": split.image.format(id=i), "label": split.label.format(id=i)} for i in ids]
+    counts = ", ".join(f"{key} = its '{split.keys[key]}' ({len(items)} cases)" for key, items in lists.items())
+    description = (
+        f"{data.get('description', data.get('name', split.name))}. Written by python -m pipeline.bundles.build from "
+        f"{source}: {counts}; paths are relative to dataset_dir."
+    )
+    return {"description": description, **lists}
+
+
 def render_bundle(spec: BundleSpec) -> dict[str, str]:
-    """The generated files of a bundle: ``configs/<file name>`` -> text.
+    """The generated files of a bundle: ``configs/<file name>`` -> text (``datalist.json`` when the spec names an
+    official split).
 
     Examples:
         >>> from pipeline.bundles.specs import SPECS
         >>> sorted(render_bundle(SPECS["unetrpp_btcv_ct_segmentation"]))
-        ['evaluate.json', 'inference.json', 'logging.conf', 'multi_gpu_train.json', 'train.json']
+        ['datalist.json', 'evaluate.json', 'inference.json', 'logging.conf', 'multi_gpu_train.json', 'train.json']
+        >>> "datalist.json" in render_bundle(SPECS["unetrpp_sts_ct_segmentation"])  # its own, written by hand
+        False
     """
-    return {
+    files = {
         "inference.json": format_json(inference_config(spec)),
         "train.json": format_json(train_config(spec)),
         "evaluate.json": format_json(EVALUATE),
         "multi_gpu_train.json": format_json(MULTI_GPU_TRAIN),
         "logging.conf": LOGGING_CONF,
     }
+    if spec.split is not None:
+        files["datalist.json"] = format_json(datalist_json(spec.split))
+    return files

@@ -243,6 +243,31 @@ def _folds(items: list[dict]) -> dict[str, list[dict]]:
     return dict(sorted(folds.items()))
 
 
+def _json_dataset(
+    layout: str,
+    root: Path,
+    splits: dict[str, list[dict]],
+    meta: dict,
+    json_path: Path,
+    *,
+    default_labels: dict[int, str] | None = None,
+    default_modality: str = "",
+) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a dataset described by a JSON file (``meta``, read from ``json_path``): labels,
+    channels and name come from it; ``default_labels`` / ``default_modality`` stand in where it declares none."""
+    chans = _channels(meta)
+    return DatasetInfo(
+        layout=layout,
+        root=root,
+        labels=_int_labels(meta.get("labels", {}), json_path) or dict(default_labels or {}),
+        splits=splits,
+        modality=chans.get(0, default_modality),
+        channels=chans or ({0: default_modality} if default_modality else {}),
+        name=str(meta.get("name", root.name)),
+        metadata=meta,
+    )
+
+
 def read_msd(path: str | os.PathLike) -> DatasetInfo:
     """Read an MSD (or nnU-Net v1) ``dataset.json`` folder: splits ``training`` and ``test`` (if listed)."""
     p = Path(path)
@@ -258,17 +283,7 @@ def read_msd(path: str | os.PathLike) -> DatasetInfo:
     if meta.get("test"):
         splits["test"] = _msd_items(root, meta["test"], key="test", path=json_path, nnunet_v1=layout == "nnunet_v1")
     splits.update(_folds(splits["training"]))
-    chans = _channels(meta)
-    return DatasetInfo(
-        layout=layout,
-        root=root,
-        labels=_int_labels(meta.get("labels", {}), json_path),
-        splits=splits,
-        modality=chans.get(0, ""),
-        channels=chans,
-        name=str(meta.get("name", root.name)),
-        metadata=meta,
-    )
+    return _json_dataset(layout, root, splits, meta, json_path)
 
 
 def read_btcv(path: str | os.PathLike) -> DatasetInfo:
@@ -287,18 +302,7 @@ def read_btcv(path: str | os.PathLike) -> DatasetInfo:
             splits[key] = _msd_items(root, meta[key], key=key, path=p)
     if "training" in splits:
         splits.update(_folds(splits["training"]))
-    labels = _int_labels(meta.get("labels", {}), p) or dict(BTCV_LABELS)
-    chans = _channels(meta)
-    return DatasetInfo(
-        layout="btcv",
-        root=root,
-        labels=labels,
-        splits=splits,
-        modality=chans.get(0, "CT"),
-        channels=chans or {0: "CT"},
-        name=str(meta.get("name", root.name)),
-        metadata=meta,
-    )
+    return _json_dataset("btcv", root, splits, meta, p, default_labels=BTCV_LABELS, default_modality="CT")
 
 
 def read_nnunet_v2(path: str | os.PathLike) -> DatasetInfo:
@@ -329,16 +333,7 @@ def read_nnunet_v2(path: str | os.PathLike) -> DatasetInfo:
             splits[split] = items
     if "training" not in splits:
         raise InputDataError("no imagesTr/<case>_0000 files", path=root)
-    return DatasetInfo(
-        layout="nnunet_v2",
-        root=root,
-        labels=_int_labels(meta.get("labels", {}), json_path),
-        splits=splits,
-        modality=chans.get(0, ""),
-        channels=chans,
-        name=str(meta.get("name", root.name)),
-        metadata=meta,
-    )
+    return _json_dataset("nnunet_v2", root, splits, meta, json_path)
 
 
 def read_synapse_raw(path: str | os.PathLike) -> DatasetInfo:

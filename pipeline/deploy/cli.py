@@ -14,10 +14,37 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.deploy.export import DEFAULT_OPSET, FP32_RTOL
+from pipeline.deploy.backend import AUTO_ORDER, BACKENDS, PRECISION_CHOICES
+from pipeline.deploy.export import DEFAULT_OPSET, FP32_RTOL, PRECISIONS
 from pipeline.deploy.runtimes import FORMATS
 
-__all__ = ["register", "run"]
+__all__ = ["add_backend_options", "backend_options", "register", "run"]
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--backend``, ``--precision`` and ``--cache-dir`` (``medseg infer`` and ``medseg benchmark``)."""
+    g = p.add_argument_group("network backend (the CPU fast path; see README 'Fast CPU inference')")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="who runs the network on each window batch: torch (default); openvino or onnxruntime (the network "
+        "exported once, checked against torch and cached); auto: the first of "
+        f"{', '.join(AUTO_ORDER)} that works here, else torch",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        help="fp32 (default); bf16 only on CPUs with native bf16 (AMX, AVX512-BF16), never emulated; auto: bf16 "
+        "where native, else fp32",
+    )
+    g.add_argument("--cache-dir", default=None, help="export cache (default $MEDSEG_CACHE_DIR, else ~/.cache/medseg)")
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`pipeline.deploy.backend.apply_backend` given on the command line."""
+    return {"backend": args.backend, "precision": args.precision, "cache_dir": args.cache_dir}
 
 
 def register(subparsers: Any) -> None:
@@ -35,6 +62,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="the export's file: .onnx, .xml (+ .bin beside it), .pt")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size (default: the model's)")
     p.add_argument("--sw-batch-size", type=int, default=None, help="windows per call, fixed (default: the model's)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="fp32 (default), bf16 (openvino)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET})")
     p.add_argument(
         "--allow-untrained",
@@ -63,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         overwrite=args.overwrite,
         threads=args.threads,
+        precision=args.precision,
     )
     meta, check = result.metadata, result.metadata["check"]
     source = "a window of " + check["input"]["file"] if check["input"]["kind"] == "image" else "a seeded random window"

@@ -50,6 +50,7 @@ from pipeline import __version__
 from pipeline.deploy.plain import FullResolutionHead, full_resolution, plain_network
 from pipeline.deploy.runtimes import (
     FORMATS,
+    OPENVINO_BF16,
     OPENVINO_FP32_CONFIGS,
     load_exported,
     require_runtime,
@@ -59,10 +60,22 @@ from pipeline.deploy.window import check_window
 from pipeline.errors import ModelError, UsageError
 from pipeline.inference.loading import LoadedModel, load_model
 from pipeline.utils.atomic import save_json_atomic
-from pipeline.utils.environment import package_version
+from pipeline.utils.environment import native_bf16, package_version
 from pipeline.utils.hashing import file_sha256, state_dict_sha256
 
-__all__ = ["DEFAULT_OPSET", "EXPORT_VERSION", "FP32_RTOL", "ExportKey", "ExportResult", "compare", "export_model"]
+__all__ = [
+    "BF16_RTOL",
+    "DEFAULT_OPSET",
+    "EXPORT_VERSION",
+    "FP32_RTOL",
+    "PRECISIONS",
+    "ExportKey",
+    "ExportResult",
+    "compare",
+    "export_key",
+    "export_loaded",
+    "export_model",
+]
 
 #: bump when the way exports are written changes: cached exports with another value are rebuilt
 EXPORT_VERSION = 1
@@ -70,6 +83,12 @@ EXPORT_VERSION = 1
 DEFAULT_OPSET = 17
 #: fp32 check: max |delta logit| <= FP32_RTOL * max |logit|
 FP32_RTOL = 1e-3
+#: bf16 check (OpenVINO on a CPU with native bf16): bf16 keeps 8 mantissa bits (relative rounding 2**-8 = 0.4 % per
+#: operation), so the logits of a deep network move by a few percent of their range; 5 % of max |logit| bounds that
+BF16_RTOL = 5e-2
+#: the precisions an export runs in, and the formats that can run each (bf16: OpenVINO's CPU plugin on AMX /
+#: AVX512-BF16 hardware; ONNX Runtime's CPU provider and a traced TorchScript file run fp32)
+PRECISIONS: dict[str, tuple[str, ...]] = {"fp32": ("onnx", "openvino", "torchscript"), "bf16": ("openvino",)}
 _INPUT_NAME, _OUTPUT_NAME = "image", "logits"
 
 
@@ -323,14 +342,20 @@ def _write(module: nn.Module, x: torch.Tensor, fmt: str, path: Path, opset: int)
         raise ModelError(f"{fmt} export of {type(module).__name__} failed ({type(exc).__name__}: {msg})") from exc
 
 
-def _run_check(path: Path, fmt: str, x: torch.Tensor, reference: torch.Tensor, threads: int | None) -> dict[str, Any]:
+def _run_check(
+    path: Path, fmt: str, x: torch.Tensor, reference: torch.Tensor, threads: int | None, precision: str = "fp32"
+) -> dict[str, Any]:
     """Run the export on ``x`` and compare it with ``reference``. OpenVINO is tried with each of
-    ``OPENVINO_FP32_CONFIGS`` until one passes; the result names it (``runtime_config``) and lists the ``attempts``.
+    ``OPENVINO_FP32_CONFIGS`` (bf16: ``OPENVINO_BF16``) until one passes; the result names it (``runtime_config``)
+    and lists the ``attempts``.
 
     Raises:
         ModelError: the runtime cannot load or run the export with any setting.
     """
-    configs: tuple[dict[str, str] | None, ...] = OPENVINO_FP32_CONFIGS if fmt == "openvino" else (None,)
+    configs: tuple[dict[str, str] | None, ...] = (None,)
+    if fmt == "openvino":
+        configs = (OPENVINO_BF16,) if precision == "bf16" else OPENVINO_FP32_CONFIGS
+    rtol = BF16_RTOL if precision == "bf16" else FP32_RTOL
     attempts: list[dict[str, Any]] = []
     result: dict[str, Any] | None = None
     for config in configs:
@@ -339,7 +364,7 @@ def _run_check(path: Path, fmt: str, x: torch.Tensor, reference: torch.Tensor, t
         except Exception as exc:  # noqa: BLE001 - a runtime failure is reported (and the next setting tried)
             attempts.append({"runtime_config": config, "error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]})
             continue
-        result = compare(reference, got)
+        result = compare(reference, got, rtol)
         attempts.append({"runtime_config": config, "max_abs_error": result["max_abs_error"]})
         if result["passed"]:
             break
@@ -366,6 +391,7 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> ExportResult:
     """Export a bundle's or preset's network, check it against PyTorch, and write ``<out>.json`` beside it.
 
@@ -382,6 +408,8 @@ def export_model(
         opset: ONNX opset (>= 17) for ``onnx``/``openvino``.
         overwrite: replace an existing export and JSON.
         threads: runtime threads for the check (default ``torch.get_num_threads()``).
+        precision: ``fp32`` (default), or ``bf16`` (``openvino`` only: OpenVINO compiles the fp32 IR with bf16
+            inference precision; needs a CPU with native bf16, see :mod:`pipeline.deploy.backend`).
 
     Returns:
         an :class:`ExportResult`.
@@ -392,15 +420,120 @@ def export_model(
         ModelError: bad bundle/checkpoint, exporter failure, or a check above the tolerance (nothing is written).
     """
     require_runtime(fmt)
-    out = Path(out).expanduser()
-    _check_out(out, fmt, overwrite)
+    _check_precision(fmt, precision)
+    _check_out(Path(out).expanduser(), fmt, overwrite)
     if fmt != "torchscript" and int(opset) < 17:
         raise UsageError(f"--opset {opset}: the exports need opset 17 or later")
     if sw_batch_size is not None and int(sw_batch_size) < 1:
         raise UsageError(f"--sw-batch-size {sw_batch_size}: must be at least 1")
     loaded, bundle, untrained = _load(model, checkpoint, roi_size, overrides, allow_untrained, seed)
+    return export_loaded(
+        loaded,
+        fmt,
+        out,
+        bundle=bundle,
+        untrained=untrained,
+        overrides=overrides,
+        sw_batch_size=sw_batch_size,
+        seed=seed,
+        opset=opset,
+        overwrite=overwrite,
+        threads=threads,
+        precision=precision,
+        copy_network=False,  # loaded here, used by nothing else
+    )
+
+
+def export_key(
+    loaded: LoadedModel,
+    fmt: str,
+    *,
+    bundle: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    sw_batch_size: int | None = None,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+) -> ExportKey:
+    """The :class:`ExportKey` of exporting ``loaded`` as ``fmt``: computed without exporting (a cache looks it up).
+
+    Examples:
+        >>> from pipeline.inference import load_model
+        >>> import tempfile, pathlib
+        >>> from pipeline.networks import create_network
+        >>> from pipeline.networks.unetrpp.presets import TINY_UNETRPP
+        >>> w = pathlib.Path(tempfile.mkdtemp()) / "w.pt"
+        >>> torch.save(create_network("unetrpp_hippocampus", **TINY_UNETRPP).state_dict(), w)
+        >>> m = load_model("unetrpp_hippocampus", w, preprocessing="mri_hippocampus", overrides=TINY_UNETRPP,
+        ...                roi_size=(16, 32, 32))
+        >>> k = export_key(m, "onnx", overrides=TINY_UNETRPP, sw_batch_size=2)
+        >>> k.sw_batch_size, k.precision, k.runtime, k == export_key(m, "onnx", overrides=TINY_UNETRPP, sw_batch_size=2)
+        (2, 'fp32', 'onnxruntime', True)
+    """
+    return ExportKey(
+        model=loaded.name,
+        config_sha256=_config_sha256(loaded, bundle, overrides),
+        state_dict_sha256=state_dict_sha256(loaded.network.state_dict()),
+        roi_size=tuple(loaded.roi_size),
+        sw_batch_size=int(sw_batch_size or loaded.sw_batch_size or 1),
+        in_channels=_in_channels(loaded.network),
+        format=fmt,
+        precision=precision,
+        runtime=FORMATS[fmt].runtime,
+        runtime_version=runtime_version(fmt),
+        torch_version=torch.__version__,
+        opset=None if fmt == "torchscript" else int(opset),
+    )
+
+
+def _check_precision(fmt: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if fmt not in PRECISIONS[precision]:
+        raise UsageError(
+            f"--precision {precision}: the {fmt} format runs "
+            f"{' or '.join(p for p, f in PRECISIONS.items() if fmt in f)} only ({precision}: "
+            f"{', '.join(PRECISIONS[precision])})"
+        )
+
+
+def export_loaded(
+    loaded: LoadedModel,
+    fmt: str,
+    out: str | os.PathLike,
+    *,
+    bundle: Path | None = None,
+    untrained: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    sw_batch_size: int | None = None,
+    seed: int = 0,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    threads: int | None = None,
+    precision: str = "fp32",
+    copy_network: bool = True,
+) -> ExportResult:
+    """Export an already loaded model (what :func:`export_model` does after loading; the backend cache calls it).
+
+    Args:
+        loaded: from :func:`pipeline.inference.load_model` (CPU).
+        fmt, out, sw_batch_size, seed, opset, overwrite, threads: as :func:`export_model`.
+        bundle: the bundle folder ``loaded`` came from (its dataset gives the check window; its configs the key).
+        untrained: the weights are a seeded initialisation (recorded in the JSON).
+        overrides: the preset overrides ``loaded`` was built with (part of the key).
+        precision: ``fp32``, or ``bf16`` (OpenVINO; checked with :data:`BF16_RTOL`).
+        copy_network: export a copy (default), leaving ``loaded.network`` as it was; False changes it in place.
+    """
+    require_runtime(fmt)
+    _check_precision(fmt, precision)
+    if precision == "bf16" and not native_bf16():
+        raise UsageError(
+            "--precision bf16: this CPU has no native bf16 (no amx_bf16 or avx512_bf16 flag in /proc/cpuinfo); "
+            "bf16 is never emulated"
+        )
+    out = Path(out).expanduser()
+    _check_out(out, fmt, overwrite)
     batch = int(sw_batch_size or loaded.sw_batch_size or 1)
-    network = plain_network(loaded.network, copy_network=False)  # loaded here, used by nothing else
+    network = plain_network(loaded.network, copy_network=copy_network)
     channels = _in_channels(network)
     state_hash = state_dict_sha256(network.state_dict())
     x, check_input = check_window(loaded, batch, channels, bundle=bundle, seed=seed)
@@ -413,7 +546,7 @@ def export_model(
         staged = staging / out.name
         _write(module, x, fmt, staged, opset)
         seconds = time.perf_counter() - started
-        check = _run_check(staged, fmt, x, reference, threads)
+        check = _run_check(staged, fmt, x, reference, threads, precision)
         if not check["passed"]:
             raise ModelError(
                 f"{fmt} export check failed: max |delta logit| {check['max_abs_error']:.3g} > tolerance "
@@ -422,30 +555,20 @@ def export_model(
             )
         if not overwrite:  # another process may have written meanwhile
             _check_out(out, fmt, overwrite)
+        files_sha256 = {dst.name: file_sha256(src) for src, dst in zip(spec.files(staged), spec.files(out))}
         for src, dst in reversed(list(zip(spec.files(staged), spec.files(out)))):  # the main file last
             os.replace(src, dst)  # atomic: the staging folder is on the same file system
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    precision = "fp32"
-    key = ExportKey(
-        model=loaded.name,
-        config_sha256=_config_sha256(loaded, bundle, overrides),
-        state_dict_sha256=state_hash,
-        roi_size=tuple(loaded.roi_size),
-        sw_batch_size=batch,
-        in_channels=channels,
-        format=fmt,
-        precision=precision,
-        runtime=spec.runtime,
-        runtime_version=runtime_version(fmt),
-        torch_version=torch.__version__,
-        opset=None if fmt == "torchscript" else int(opset),
+    key = export_key(
+        loaded, fmt, bundle=bundle, overrides=overrides, sw_batch_size=batch, precision=precision, opset=opset
     )
     check["input"] = check_input
     metadata: dict[str, Any] = {
         "format": fmt,
         "files": [f.name for f in spec.files(out)],
+        "files_sha256": files_sha256,
         "model": loaded.name,
         "bundle": str(bundle) if bundle is not None else None,
         "preset": None if bundle is not None else loaded.name,

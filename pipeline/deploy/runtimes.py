@@ -36,6 +36,7 @@ from pipeline.utils.environment import package_version
 
 __all__ = [
     "FORMATS",
+    "OPENVINO_BF16",
     "OPENVINO_FP32",
     "OPENVINO_FP32_CONFIGS",
     "OPENVINO_FP32_NO_SNIPPETS",
@@ -83,9 +84,12 @@ OPENVINO_FP32: dict[str, str] = {"INFERENCE_PRECISION_HINT": "f32"}
 #: The export check tries them in this order and records the one that passed (``check.runtime_config``).
 OPENVINO_FP32_NO_SNIPPETS: dict[str, str] = {**OPENVINO_FP32, "SNIPPETS_MODE": "DISABLE"}
 OPENVINO_FP32_CONFIGS: tuple[dict[str, str], ...] = (OPENVINO_FP32, OPENVINO_FP32_NO_SNIPPETS)
+#: bf16 inference precision: only asked for on CPUs with native bf16 (AMX / AVX512-BF16); OpenVINO would emulate it
+#: elsewhere, which the product never does (see pipeline.deploy.backend)
+OPENVINO_BF16: dict[str, str] = {"INFERENCE_PRECISION_HINT": "bf16"}
 
 
-def require_runtime(fmt: str) -> None:
+def require_runtime(fmt: str, option: str = "--format") -> None:
     """Raise a one-line :class:`UsageError` unless ``fmt`` is known and its packages import.
 
     Examples:
@@ -103,7 +107,7 @@ def require_runtime(fmt: str) -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise UsageError(
-                f"--format {fmt} needs the Python package {module!r}, which does not import here "
+                f"{option} {fmt} needs the Python package {module!r}, which does not import here "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); install the pins of requirements.txt "
                 "(pip install -r requirements.txt)"
             ) from None

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.data.readers import BTCV_LABELS
 from pipeline.errors import InputDataError, UsageError
 
 __all__ = ["ClassSet", "CLASS_SETS", "resolve_classes"]
@@ -54,39 +55,22 @@ class ClassSet:
         }
 
 
+#: report names of the BTCV organs by raw id: the dataset's names (:data:`pipeline.data.readers.BTCV_LABELS`), five
+#: of them spelled side last
+_BTCV_NAMES = {
+    **BTCV_LABELS,
+    2: "kidney_right",
+    3: "kidney_left",
+    10: "portal_splenic_vein",
+    12: "adrenal_right",
+    13: "adrenal_left",
+}
 SYNAPSE8 = ClassSet(
     "synapse8",
-    {
-        1: "spleen",
-        2: "kidney_right",
-        3: "kidney_left",
-        4: "gallbladder",
-        6: "liver",
-        7: "stomach",
-        8: "aorta",
-        11: "pancreas",
-    },
+    {i: _BTCV_NAMES[i] for i in (1, 2, 3, 4, 6, 7, 8, 11)},
     "the 8 Synapse organs in raw Synapse/BTCV ids, UNETR++ table column order",
 )
-BTCV13 = ClassSet(
-    "btcv13",
-    {
-        1: "spleen",
-        2: "kidney_right",
-        3: "kidney_left",
-        4: "gallbladder",
-        5: "esophagus",
-        6: "liver",
-        7: "stomach",
-        8: "aorta",
-        9: "inferior_vena_cava",
-        10: "portal_splenic_vein",
-        11: "pancreas",
-        12: "adrenal_right",
-        13: "adrenal_left",
-    },
-    "all 13 BTCV organs, ids 1..13",
-)
+BTCV13 = ClassSet("btcv13", {i: _BTCV_NAMES[i] for i in range(1, 14)}, "all 13 BTCV organs, ids 1..13")
 
 #: the built-in class sets by name
 CLASS_SETS: dict[str, ClassSet] = {c.name: c for c in (SYNAPSE8, BTCV13)}

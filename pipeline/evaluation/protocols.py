@@ -151,6 +151,22 @@ def _fmt_rule(value: float | str, units: str = "") -> str:
     return f"{value:g}"
 
 
+_LEGACY_UNETRPP = Protocol(
+    "legacy_unetrpp",
+    "pooled",
+    "voxel",
+    dice_missed=0.0,
+    dice_spurious=0.0,
+    dice_both_empty=1.0,
+    hd95_missed=0.0,
+    hd95_spurious=0.0,
+    hd95_both_empty=0.0,
+    legacy=True,
+    summary="nnFormer/UNETR++ inference_synapse.py: medpy pooled HD95 in voxels, HD95 0 when a mask is empty, "
+    "Dice 1 when both are empty",
+    reference="nnFormer / UNETR++ inference_synapse.py",
+)
+
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
@@ -182,32 +198,13 @@ PROTOCOLS: dict[str, Protocol] = {
             "spacing; NaN for empty masks (MONAI #9095) dropped by the nan-mean and counted",
             reference="monai.metrics DiceMetric / HausdorffDistanceMetric 1.6.1",
         ),
-        Protocol(
-            "legacy_unetrpp",
-            "pooled",
-            "voxel",
-            dice_missed=0.0,
-            dice_spurious=0.0,
-            dice_both_empty=1.0,
-            hd95_missed=0.0,
-            hd95_spurious=0.0,
-            hd95_both_empty=0.0,
-            legacy=True,
-            summary="nnFormer/UNETR++ inference_synapse.py: medpy pooled HD95 in voxels, HD95 0 when a mask is empty, "
-            "Dice 1 when both are empty",
-            reference="nnFormer / UNETR++ inference_synapse.py",
-        ),
-        Protocol(
-            "legacy_transunet",
-            "pooled",
-            "voxel",
-            dice_missed=0.0,
+        _LEGACY_UNETRPP,
+        # the same medpy HD95 rules; only the Dice of a spurious and of a both-empty class differ
+        dataclasses.replace(
+            _LEGACY_UNETRPP,
+            name="legacy_transunet",
             dice_spurious=1.0,
             dice_both_empty=0.0,
-            hd95_missed=0.0,
-            hd95_spurious=0.0,
-            hd95_both_empty=0.0,
-            legacy=True,
             summary="TransUNet/Swin-Unet calculate_metric_percase: medpy pooled HD95 in voxels, a false positive on an "
             "absent organ scores (1, 0), a missed organ (0, 0)",
             reference="TransUNet utils.py calculate_metric_percase (copied by Swin-Unet)",

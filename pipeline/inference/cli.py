@@ -25,6 +25,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from pipeline.deploy.cli import add_backend_options, backend_options
 from pipeline.errors import EXIT_CASES_FAILED, UsageError
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--air-threshold", type=float, default=-500.0, help="HU below which CT voxels are air")
     p.add_argument("--amp", action="store_true", help="fp16 autocast for the network (CUDA only; ignored on CPU)")
+    add_backend_options(p)
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
     p.add_argument(
         "--postprocess",
@@ -180,11 +182,22 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
+def _backend_line(backend: dict[str, Any]) -> str:
+    """One stderr line naming the backend and precision in use (and, for auto, what was passed over)."""
+    line = f"backend: {backend['name']} ({backend['precision']})"
+    if backend.get("cache"):
+        line += f", export cache {backend['cache']}: {backend['cache_entry']}"
+    for reason in backend.get("passed_over", []):
+        line += f"; passed over {reason}"
+    return line
+
+
 def _run_rank(args: argparse.Namespace, rank: int, world: int) -> tuple[int, int, int]:
     """This rank's share of ``medseg infer``; returns its (written, skipped, failed) case counts."""
     import torch
 
     from pipeline.data.inputs import list_inference_inputs
+    from pipeline.deploy.backend import apply_backend
     from pipeline.inference.loading import load_model
     from pipeline.inference.runner import InferenceSettings, infer_cases
 
@@ -220,6 +233,9 @@ def _run_rank(args: argparse.Namespace, rank: int, world: int) -> tuple[int, int
         for note in skipped:
             print(f"warning: {note}", file=sys.stderr)
     model = load_model(args.model, args.checkpoint, device, preprocessing=args.preprocessing, roi_size=args.roi)
+    model = apply_backend(model, sw_batch_size=args.sw_batch_size, **backend_options(args))
+    if rank == 0 and (model.backend["name"] != "torch" or model.backend.get("passed_over")):
+        print(_backend_line(model.backend), file=sys.stderr)
     results = infer_cases(cases, model, args.output, settings, rank=rank, world_size=world)
     return (
         sum(r.status == "ok" for r in results),

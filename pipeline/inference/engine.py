@@ -39,6 +39,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -719,29 +720,15 @@ class SlidingWindowEngine(Inferer):
                 skipped (see the module docstring).
             args, kwargs: passed on to ``network``.
         """
-        result = self._blend(inputs, network, args, kwargs, foreground=foreground, normalize=True)
+        result = self._sweep(inputs, network, args, kwargs, foreground, self._blended_logits(normalize=True))
         if isinstance(inputs, MetaTensor):
             result = MetaTensor(result, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return result
 
-    def _blend(
-        self,
-        inputs: torch.Tensor,
-        network: Callable[..., Any],
-        args: tuple,
-        kwargs: dict,
-        *,
-        foreground: torch.Tensor | None,
-        normalize: bool,
-    ) -> torch.Tensor:
-        """Blended logits; ``normalize=False`` leaves out the division by the weights (the argmax does not need it)."""
-
-        def blended(
-            plan: WindowPlan, windows: list[_Window], weight: torch.Tensor, device: torch.device
-        ) -> _BlendedLogits:
-            return _BlendedLogits(plan, windows, weight, device, normalize, self.count_map)
-
-        return self._sweep(inputs, network, args, kwargs, foreground, blended)
+    def _blended_logits(self, normalize: bool) -> Callable[..., _BlendedLogits]:
+        """The blended-logits accumulator for :meth:`_sweep`; ``normalize=False`` leaves out the division by the
+        weights (the argmax does not need it)."""
+        return functools.partial(_BlendedLogits, normalize=normalize, count_map=self.count_map)
 
     def predict_labels(
         self,
@@ -762,9 +749,8 @@ class SlidingWindowEngine(Inferer):
         """
         streaming = self.streaming if streaming is None else streaming
         if not streaming:
-            return channel_argmax(
-                self._blend(inputs, network, args, kwargs, foreground=foreground, normalize=False), dim=1
-            )
+            logits = self._sweep(inputs, network, args, kwargs, foreground, self._blended_logits(normalize=False))
+            return channel_argmax(logits, dim=1)
         return self._sweep(inputs, network, args, kwargs, foreground, self._streaming_argmax)
 
     def _streaming_argmax(

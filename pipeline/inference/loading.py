@@ -58,6 +58,8 @@ class LoadedModel:
         device: where the network lives.
         architecture: the network's class name, recorded in sidecars (kept when ``network`` is later wrapped, e.g.
             for timing); empty means ``type(network).__name__``.
+        backend: who runs ``network`` and in which precision (``{"name": "torch", "precision": "fp32"}`` unless
+            :func:`pipeline.deploy.backend.apply_backend` chose another), recorded in sidecars.
     """
 
     network: nn.Module
@@ -75,6 +77,7 @@ class LoadedModel:
     checkpoint: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     architecture: str = ""
+    backend: dict[str, Any] = field(default_factory=lambda: {"name": "torch", "precision": "fp32"})
 
     def __post_init__(self) -> None:
         if not self.architecture:
@@ -92,7 +95,10 @@ class LoadedModel:
             "modality": self.modality,
             "mirror_axes": list(self.mirror_axes) if self.mirror_axes is not None else None,
             "network": self.architecture,
-            "parameters": int(sum(p.numel() for p in self.network.parameters())),
+            "parameters": int(
+                getattr(self.network, "parameter_count", sum(p.numel() for p in self.network.parameters()))
+            ),
+            "backend": dict(self.backend),
         }
 
 

@@ -28,15 +28,22 @@ from typing import Any
 
 from pipeline.errors import UsageError
 
+#: single-channel CT, reoriented to RAS
+_CT_RAS = {"modality": "CT", "channels": 1, "orientation": "RAS"}
+
+
+def _hu_window(a_min: float, a_max: float) -> dict[str, Any]:
+    """The ``window`` intensity spec mapping HU ``a_min..a_max`` to 0..1, clipped."""
+    return {"type": "window", "a_min": a_min, "a_max": a_max, "b_min": 0.0, "b_max": 1.0, "clip": True}
+
+
 PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
     "ct_abdomen": {
         "description": "abdominal CT as in MONAI's BTCV/Swin-UNETR recipes: RAS, 1.5x1.5x2.0 mm, HU -175..250 -> 0..1",
         "source": "MONAI model zoo swin_unetr_btcv_segmentation / research-contributions SwinUNETR/BTCV",
-        "modality": "CT",
-        "channels": 1,
-        "orientation": "RAS",
+        **_CT_RAS,
         "spacing": [1.5, 1.5, 2.0],
-        "intensity": {"type": "window", "a_min": -175.0, "a_max": 250.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
+        "intensity": _hu_window(-175.0, 250.0),
         "crop_foreground": {"threshold": 0.0, "margin": 0},
     },
     "ct_nnunet": {
@@ -76,9 +83,7 @@ PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
         "source": "medseg fingerprint of the 19 training cases of bundles/unetrpp_sts_ct_segmentation/configs/"
         "datalist.json (foreground 0.5/99.5 percentiles, mean, std; native 0.98x0.98x3.27 mm); 2 mm in-plane because "
         "the tumours are large (1-6 % of each crop) and a 64x64x32 patch then covers 128x128x96 mm on a 2-core CPU",
-        "modality": "CT",
-        "channels": 1,
-        "orientation": "RAS",
+        **_CT_RAS,
         "spacing": [2.0, 2.0, 3.0],
         "intensity": {"type": "nnunet_ct", "lower": -96.0, "upper": 107.0, "mean": 29.44, "std": 46.41},
         "crop_foreground": False,
@@ -87,11 +92,9 @@ PREPROCESSING_PRESETS: dict[str, dict[str, Any]] = {
         "description": "lung tumour CT (MSD Task06): RAS, 0.79x0.79x1.24 mm (nnU-Net's Task06 median), "
         "HU -1000..400 -> 0..1, crop to the body",
         "source": "nnU-Net Task006_Lung plans (target spacing 1.24x0.79x0.79 mm z,y,x); lung window",
-        "modality": "CT",
-        "channels": 1,
-        "orientation": "RAS",
+        **_CT_RAS,
         "spacing": [0.79, 0.79, 1.24],
-        "intensity": {"type": "window", "a_min": -1000.0, "a_max": 400.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
+        "intensity": _hu_window(-1000.0, 400.0),
         "crop_foreground": {"threshold": 0.0, "margin": 0},
     },
 }

@@ -15,6 +15,8 @@ from pipeline.cli import main as cli_main
 from pipeline.errors import EXIT_MODEL, ModelError, UsageError
 from pipeline.paths import BUNDLES_DIR
 
+from helpers.commands import benchmark_argv
+
 HIPPO_BUNDLE = "unetrpp_hippocampus_mri_segmentation"
 
 
@@ -72,17 +74,7 @@ def test_refuses_without_weights(shared_data, bare_bundle, tmp_path, capsys):
     with pytest.raises(ModelError, match="--allow-untrained"):
         check_weights(bare_bundle, allow_untrained=False)
     assert check_weights(bare_bundle, allow_untrained=True) is None
-    rc = cli_main(
-        [
-            "benchmark",
-            "--bundle",
-            str(bare_bundle),
-            "--data",
-            str(shared_data / "Task04_Hippocampus"),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    rc = cli_main(benchmark_argv(bare_bundle, shared_data / "Task04_Hippocampus", tmp_path / "out"))
     err = capsys.readouterr().err
     assert rc == EXIT_MODEL == 4
     assert err.startswith("error: ") and "models/model.pt" in err and "--allow-untrained" in err
@@ -161,20 +153,9 @@ def test_end_to_end_untrained_hippocampus(shared_data, tmp_path, capsys):
     b = tmp_path / HIPPO_BUNDLE
     shutil.copytree(bundle / "configs", b / "configs")
     out = tmp_path / "out"
-    argv = [
-        "benchmark",
-        "--bundle",
-        str(b),
-        "--data",
-        str(shared_data / "Task04_Hippocampus"),
-        "--limit",
-        "1",
-        "--out",
-        str(out),
-        "--allow-untrained",
-        "--sw-batch-size",
-        "2",
-    ]
+    argv = benchmark_argv(
+        b, shared_data / "Task04_Hippocampus", out, "--limit", "1", "--allow-untrained", "--sw-batch-size", "2"
+    )
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "UNTRAINED" in printed and "report.md" in printed
@@ -233,20 +214,7 @@ def test_failed_case_is_reported_and_others_go_on(shared_data, tmp_path, capsys)
     b = tmp_path / "bundle"
     shutil.copytree(bundle / "configs", b / "configs")
     out = tmp_path / "out"
-    rc = cli_main(
-        [
-            "benchmark",
-            "--bundle",
-            str(b),
-            "--data",
-            str(data),
-            "--split",
-            "training",
-            "--out",
-            str(out),
-            "--allow-untrained",
-        ]
-    )
+    rc = cli_main(benchmark_argv(b, data, out, "--split", "training", "--allow-untrained"))
     captured = capsys.readouterr()
     assert rc == 1
     assert "failed: hippocampus_003" in captured.err and "hippocampus_003.nii.gz" in captured.err
@@ -263,22 +231,7 @@ def test_trained_bundle_is_not_marked_untrained(shared_data, tmp_path):
     if not (bundle / "models" / "model.pt").is_file() or not (bundle / "configs" / "inference.json").is_file():
         pytest.skip(f"{bundle} ships no trained weights yet")
     out = tmp_path / "out"
-    assert (
-        cli_main(
-            [
-                "benchmark",
-                "--bundle",
-                str(bundle),
-                "--data",
-                str(shared_data / "Task04_Hippocampus"),
-                "--limit",
-                "1",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert cli_main(benchmark_argv(bundle, shared_data / "Task04_Hippocampus", out, "--limit", "1")) == 0
     data = json.loads((out / "report.json").read_text())
     assert data["untrained"] is False and data["weights"].endswith("model.pt") and data["warning"] is None
     assert "UNTRAINED" not in (out / "report.md").read_text() + (out / "report.csv").read_text()
@@ -295,19 +248,7 @@ def test_weights_that_do_not_fit_are_a_model_error(shared_data, tmp_path, capsys
     shutil.copytree(bundle / "configs", b / "configs")
     (b / "models").mkdir()
     torch.save({"not_a_layer.weight": torch.zeros(2)}, b / "models" / "model.pt")
-    rc = cli_main(
-        [
-            "benchmark",
-            "--bundle",
-            str(b),
-            "--data",
-            str(shared_data / "Task04_Hippocampus"),
-            "--limit",
-            "1",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    rc = cli_main(benchmark_argv(b, shared_data / "Task04_Hippocampus", tmp_path / "out", "--limit", "1"))
     err = capsys.readouterr().err
     assert rc == EXIT_MODEL and "does not fit" in err and "model.pt" in err
 

@@ -20,6 +20,8 @@ from pipeline.errors import InputDataError, UsageError
 from pipeline.utils.environment import system_stamp
 from pipeline.utils.tables import markdown_table
 
+from helpers.benchmarks import load_benchmark_script
+
 # --- published tables -------------------------------------------------------------------------------------------------
 
 
@@ -337,6 +339,11 @@ def test_harness_threads_options_and_section(tmp_path, capsys):
     assert lines[8] == "- n = 3" and lines[10:12] == table.splitlines()[:2]
 
 
+def _suite_args(scripts, results, out, logs) -> list[str]:
+    """The folders of a ``pipeline.benchmark.suite`` run: scripts, their sections, the assembled file, the run logs."""
+    return ["--scripts-dir", str(scripts), "--results-dir", str(results), "--output", str(out), "--logs-dir", str(logs)]
+
+
 def test_suite_runs_scripts_and_regenerates_results(tmp_path):
     scripts = tmp_path / "scripts"
     scripts.mkdir()
@@ -348,16 +355,7 @@ def test_suite_runs_scripts_and_regenerates_results(tmp_path):
     (scripts / "_helper.py").write_text("def main(argv=None): pass\n")
     assert [p.stem for p in discover_scripts(scripts)] == ["broken", "tiny_sum"]
     results, out = tmp_path / "results", tmp_path / "RESULTS.md"
-    common = [
-        "--scripts-dir",
-        str(scripts),
-        "--results-dir",
-        str(results),
-        "--output",
-        str(out),
-        "--logs-dir",
-        str(tmp_path / "logs"),
-    ]
+    common = _suite_args(scripts, results, out, tmp_path / "logs")
     assert suite_main([*common, "--quick", "--only", "tiny_sum"]) == 0
     text = out.read_text()
     assert "## Tiny sum" in text and "| sum(1000) |" in text and "| tiny_sum | ok |" in text
@@ -375,13 +373,7 @@ def test_suite_runs_scripts_and_regenerates_results(tmp_path):
 
 def test_run_all_script_entry_point(tmp_path):
     """``benchmarks/run_all.py`` exposes main(argv) and assembles existing sections with --no-run."""
-    import importlib.util
-
-    from pipeline.paths import PROJECT_ROOT
-
-    spec = importlib.util.spec_from_file_location("run_all", PROJECT_ROOT / "benchmarks" / "run_all.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark_script("run_all")
     results = tmp_path / "results"
     write_section(results / "a.md", "Section A", "| a |\n|---|\n| 1 |", command="python a.py")
     out = tmp_path / "R.md"
@@ -391,17 +383,6 @@ def test_run_all_script_entry_point(tmp_path):
 
 
 # --- hand-written notes and byte-identical re-assembly ---------------------------------------------------------------
-
-
-def _run_all_module():
-    import importlib.util
-
-    from pipeline.paths import PROJECT_ROOT
-
-    spec = importlib.util.spec_from_file_location("run_all", PROJECT_ROOT / "benchmarks" / "run_all.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_committed_results_regenerate_byte_identical_with_notes(tmp_path):
@@ -415,7 +396,7 @@ def test_committed_results_regenerate_byte_identical_with_notes(tmp_path):
     shutil.copytree(bench / "results", tmp_path / "results")
     shutil.copytree(bench / "notes", tmp_path / "notes")
     out = tmp_path / "RESULTS.md"
-    run_all = _run_all_module()
+    run_all = load_benchmark_script("run_all")
     assert run_all.main(["--no-run", "--results-dir", str(tmp_path / "results"), "--output", str(out)]) == 0
     committed = (bench / "RESULTS.md").read_bytes()
     assert out.read_bytes() == committed, "RESULTS.md differs from the generator's: run benchmarks/run_all.py --no-run"
@@ -448,16 +429,7 @@ def test_notes_survive_a_suite_run_and_no_run_reproduces_it(tmp_path):
     results, notes, out = tmp_path / "bench" / "results", tmp_path / "bench" / "notes", tmp_path / "RESULTS.md"
     notes.mkdir(parents=True)
     (notes / "tiny_sum.md").write_text("Notes: the sum runs in pure Python.\n\n### Detail\n\nOne thread.\n")
-    common = [
-        "--scripts-dir",
-        str(scripts),
-        "--results-dir",
-        str(results),
-        "--output",
-        str(out),
-        "--logs-dir",
-        str(tmp_path / "logs"),
-    ]
+    common = _suite_args(scripts, results, out, tmp_path / "logs")
     assert suite_main([*common, "--quick"]) == 0  # the script rewrites results/tiny_sum.md ...
     first = out.read_text()
     assert "Notes: the sum runs in pure Python." in first  # ... and the note (default: notes/ beside results/) stays

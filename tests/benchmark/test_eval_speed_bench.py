@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-from pipeline.paths import PROJECT_ROOT
+from helpers.benchmarks import load_benchmark_script
 
 pytest.importorskip("medpy")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("eval_speed", PROJECT_ROOT / "benchmarks" / "eval_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("eval_speed")
 
 
 def test_synthetic_case_has_all_13_organs(bench):

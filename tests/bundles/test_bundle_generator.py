@@ -44,6 +44,10 @@ def _build(*args: str) -> subprocess.CompletedProcess:
 def test_every_bundle_has_a_spec_and_the_committed_configs_are_generated():
     assert sorted(SPECS) == sorted(BUNDLES)
     assert find_drift(BUNDLES_DIR) == []
+    # every bundle takes its cases from configs/datalist.json: generated from an official split, or its own
+    for name in SPECS:
+        assert (bundle_dir(name) / "configs" / "datalist.json").is_file(), name
+    assert sorted(n for n, spec in SPECS.items() if spec.split) == sorted(row[0] for row in OFFICIAL_SPLITS)
 
 
 def test_check_names_an_edited_config_and_a_rebuild_restores_it(tmp_path):
@@ -82,10 +86,50 @@ def test_unknown_bundle_name_is_a_usage_error(tmp_path):
 
 def test_shared_files_are_identical_and_generated_files_are_the_only_ones_written(tmp_path):
     written = write_bundles(tmp_path, ["unetrpp_hippocampus_mri_segmentation", "swinunet3d_btcv_ct_segmentation"])
-    assert sorted({p.name for p in written}) == sorted(GENERATED)
+    by_bundle = {name: sorted(p.name for p in written if p.parent.parent.name == name) for name in SPECS}
+    # the hippocampus split is the bundle's own file; the BTCV one is written from data/btcv_split.json
+    assert by_bundle["unetrpp_hippocampus_mri_segmentation"] == sorted(GENERATED)
+    assert by_bundle["swinunet3d_btcv_ct_segmentation"] == sorted((*GENERATED, "datalist.json"))
     for name in ("evaluate.json", "multi_gpu_train.json", "logging.conf"):
         texts = {(BUNDLES_DIR / b / "configs" / name).read_text() for b in SPECS}
         assert len(texts) == 1, name
+
+
+#: bundles whose datalist.json is written from an official split: (training, validation) sizes, a shared sample folder
+#: in the bundle's layout, and the cases of each list that sample holds
+OFFICIAL_SPLITS = [
+    ("unetrpp_synapse_ct_segmentation", (18, 12), "Synapse_like/RawData", {"validation": ["img0001", "img0002"]}),
+    ("unetrpp_btcv_ct_segmentation", (24, 6), "BTCV_like", {"training": ["img0001", "img0002"]}),
+    ("swinunet3d_btcv_ct_segmentation", (24, 6), "BTCV_like", {"training": ["img0001", "img0002"]}),
+    ("swinunet3d_lgt_btcv_ct_segmentation", (24, 6), "BTCV_like", {"training": ["img0001", "img0002"]}),
+    ("unetrpp_lung_ct_segmentation", (50, 13), "Task06_Lung_sample", {"validation": ["lung_001"]}),
+]
+
+
+@pytest.mark.parametrize("name, sizes, sample, present", OFFICIAL_SPLITS)
+def test_official_split_datalist_lists_the_split_in_the_layouts_file_names(name, sizes, sample, present, shared_data):
+    """The generated ``configs/datalist.json`` holds every case of the official split file, each once, under the
+    bundle's keys; its paths are the layout's: the cases a sample folder of that layout holds are found, with their
+    labels, when the list is loaded as the configs load it."""
+    from monai.data import load_decathlon_datalist
+
+    from pipeline.data.readers import case_number, load_split_file
+
+    split = SPECS[name].split
+    assert split is not None
+    datalist_file = str(bundle_dir(name) / "configs" / "datalist.json")
+    official = load_split_file(split.name)["splits"]
+    folder = shared_data / sample
+    listed: dict[str, list[int | None]] = {}
+    for key, size in zip(("training", "validation"), sizes):
+        items = load_decathlon_datalist(datalist_file, True, key, str(folder))
+        assert len(items) == size, key
+        listed[key] = [case_number(Path(d["image"]).name.split(".")[0]) for d in items]
+        assert listed[key] == [case_number(i) for i in official[split.keys[key]]], key
+        held = [d for d in items if Path(d["image"]).is_file()]
+        assert [Path(d["image"]).name.split(".")[0] for d in held] == present.get(key, []), key
+        assert all(Path(d["label"]).is_file() for d in held), key
+    assert not set(listed["training"]) & set(listed["validation"])
 
 
 @pytest.mark.parametrize("name", BUNDLES)

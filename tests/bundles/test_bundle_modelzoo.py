@@ -201,23 +201,6 @@ def test_zoo_version_changelog_and_metadata_schema(name, shared_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------- step 4
-def _reads_data_when_parsed(name: str) -> bool:
-    """The inference ``datalist`` is built by reading the dataset folder (``split_datalist``), so instantiating the
-    ``dataset`` property fails where the data is absent."""
-    config = json.loads((BUNDLES_DIR / name / "configs" / "inference.json").read_text())
-    return "split_datalist(" in str(config.get("datalist", ""))
-
-
-def _properties_case(name: str):  # a pytest.param
-    if not _reads_data_when_parsed(name):
-        return pytest.param(name)
-    reason = (
-        "inference.json 'datalist' calls pipeline.training.bundle.split_datalist(@dataset_dir, ...), which reads the "
-        "dataset folder: check_properties instantiates 'dataset' and fails without data (the zoo's CI has none)"
-    )
-    return pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=RuntimeError, reason=reason))
-
-
 def _properties_workflow(root: Path):
     workflow = create_workflow(
         workflow_type="inference",
@@ -230,15 +213,24 @@ def _properties_workflow(root: Path):
     return workflow
 
 
-@pytest.mark.parametrize("name", [_properties_case(n) for n in ALL_BUNDLES])
+@pytest.mark.parametrize("name", ALL_BUNDLES)
 def test_zoo_inference_properties(name, tmp_path, monkeypatch):
-    """Step 4 with MONAI's inference and metadata properties, in the zoo's conditions: weights present, no data."""
+    """Step 4 with MONAI's inference and metadata properties, in the zoo's conditions: weights present, no data.
+
+    ``check_properties`` instantiates ``dataset``, so the ``datalist`` must come from ``configs/datalist.json`` and
+    not from reading the (absent) dataset folder; it still names the bundle's validation images."""
     monkeypatch.setenv("MEDSEG_DATA", str(tmp_path / "no_data"))
     root = tmp_path / name
     shutil.copytree(BUNDLES_DIR / name / "configs", root / "configs")
     (root / "models").mkdir()
     (root / "models" / "model.pt").write_bytes(b"")  # checked for existence only: the loader is not run
-    assert _properties_workflow(root).check_properties() == []
+    workflow = _properties_workflow(root)
+    assert workflow.check_properties() == []
+    validation = json.loads((root / "configs" / "datalist.json").read_text())["validation"]
+    data_dir = str(workflow.parser.get_parsed_content("dataset_dir"))
+    assert data_dir.startswith(str(tmp_path / "no_data"))
+    expected = [os.path.normpath(os.path.join(data_dir, d["image"])) for d in validation]
+    assert validation and [d["image"] for d in workflow.dataset.data] == expected
 
 
 def test_zoo_properties_check_rejects_a_missing_property(tmp_path, monkeypatch):

@@ -48,6 +48,7 @@ from helpers.bad_inputs import (
     write_msd_dataset,
     write_nifti,
 )
+from helpers.commands import benchmark_argv, evaluate_argv, infer_argv
 
 QUIET = ["--quiet"]
 
@@ -325,19 +326,7 @@ def test_infer_checkpoint_that_does_not_fit_names_the_layers(bundle, good_image,
 
     ckpt = tmp_path / "wider.pt"
     torch.save(UNet(3, 1, 3, channels=[4, 16], strides=[2], num_res_units=0).state_dict(), ckpt)
-    rc, _, err = cli(
-        capsys,
-        "infer",
-        "--model",
-        bundle,
-        "--checkpoint",
-        ckpt,
-        "--input",
-        good_image,
-        "--output",
-        tmp_path / "o",
-        *QUIET,
-    )
+    rc, _, err = cli(capsys, *infer_argv(bundle, good_image, tmp_path / "o", "--checkpoint", ckpt))
     assert rc == 4
     assert_clean_error(err, ckpt, r"does not fit", r"model\.1\.submodule\.conv\.weight", r"\[16, 4, 3, 3, 3\]")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
@@ -346,19 +335,7 @@ def test_infer_checkpoint_that_does_not_fit_names_the_layers(bundle, good_image,
 def test_infer_checkpoint_that_is_not_a_checkpoint(bundle, good_image, tmp_path, capsys):
     ckpt = tmp_path / "model.pt"
     ckpt.write_text("<html>404 Not Found</html>")
-    rc, _, err = cli(
-        capsys,
-        "infer",
-        "--model",
-        bundle,
-        "--checkpoint",
-        ckpt,
-        "--input",
-        good_image,
-        "--output",
-        tmp_path / "o",
-        *QUIET,
-    )
+    rc, _, err = cli(capsys, *infer_argv(bundle, good_image, tmp_path / "o", "--checkpoint", ckpt))
     assert rc == 4
     assert_clean_error(err, ckpt, r"unreadable checkpoint: not a PyTorch file")
 
@@ -502,6 +479,12 @@ def test_infer_is_deterministic(bundle, tmp_path, capsys):
 
 
 # ============================================================================================================ evaluate
+def _scored_cases(report: Path) -> set[str]:
+    """The cases listed in ``report/per_case.csv`` (the ones evaluate scored)."""
+    with open(report / "per_case.csv") as f:
+        return {row["case"] for row in csv.DictReader(f)}
+
+
 def _prob_map() -> np.ndarray:
     return np.full(SHAPE, 0.4, np.float32)
 
@@ -533,26 +516,10 @@ def test_evaluate_batch_reports_bad_prediction_and_scores_others(kind, dataset, 
     bad = pred / "c1.nii.gz"
     bad.unlink()  # the writer replaces the good copy (a link or pipe cannot be written over a file)
     (truncate(dataset / "labelsTr" / "c1.nii.gz") if writer == "truncate" else writer)(bad)
-    rc, _, err = cli(
-        capsys,
-        "evaluate",
-        "--pred",
-        pred,
-        "--label",
-        dataset / "labelsTr",
-        "--classes",
-        "1,2",
-        "--out",
-        rep,
-        "--workers",
-        "1",
-        *QUIET,
-    )
+    rc, _, err = cli(capsys, *evaluate_argv(pred, dataset / "labelsTr", "--classes", "1,2", out=rep, workers=1))
     assert rc == 1, err
     assert_clean_error(err, bad, pattern)
-    with open(rep / "per_case.csv") as f:
-        cases = {row["case"] for row in csv.DictReader(f)}
-    assert cases == {"c0", "c2"}
+    assert _scored_cases(rep) == {"c0", "c2"}
     assert (rep / "summary.json").is_file()
 
 
@@ -569,57 +536,35 @@ def test_evaluate_missing_label_folder(dataset, tmp_path, capsys):
     assert_clean_error(err, tmp_path / "nope", r"does not exist")
 
 
-def test_evaluate_label_values_outside_declared_set(dataset, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "side, bad_case, value, patterns",
+    [
+        pytest.param(
+            "label",
+            "c1",
+            7,
+            [r"label values \[7\] are not in the declared label set \[0, 1, 2\]", r"dataset\.json"],
+            id="label",
+        ),
+        pytest.param(
+            "prediction", "c2", 9, [r"prediction values \[9\] are not in the declared label set"], id="prediction"
+        ),
+    ],
+)
+def test_evaluate_values_outside_declared_set(side, bad_case, value, patterns, dataset, tmp_path, capsys):
+    """A label or prediction holding an id outside dataset.json's label set fails its case alone (one line naming the
+    file); the other cases are scored."""
     pred = tmp_path / "pred"
-    pred.mkdir()
-    for i in range(3):
-        (pred / f"c{i}.nii.gz").write_bytes((dataset / "labelsTr" / f"c{i}.nii.gz").read_bytes())
-    bad = write_nifti(dataset / "labelsTr" / "c1.nii.gz", np.full(SHAPE, 7, np.uint8))
-    rc, _, err = cli(
-        capsys,
-        "evaluate",
-        "--pred",
-        pred,
-        "--label",
-        dataset / "labelsTr",
-        "--classes",
-        dataset / "dataset.json",
-        "--out",
-        tmp_path / "rep",
-        "--workers",
-        "1",
-        *QUIET,
-    )
-    assert rc == 1
-    assert_clean_error(err, bad, r"label values \[7\] are not in the declared label set \[0, 1, 2\]", r"dataset\.json")
-    with open(tmp_path / "rep" / "per_case.csv") as f:
-        assert {row["case"] for row in csv.DictReader(f)} == {"c0", "c2"}
-
-
-def test_evaluate_prediction_values_outside_declared_set(dataset, tmp_path, capsys):
-    pred = tmp_path / "pred"
-    for i in range(3):
+    for i in range(3):  # perfect predictions: each case's own label map
         write_nifti(pred / f"c{i}.nii.gz", ct_case(i)[1])
-    bad = write_nifti(pred / "c2.nii.gz", np.full(SHAPE, 9, np.uint8))
-    rc, _, err = cli(
-        capsys,
-        "evaluate",
-        "--pred",
-        pred,
-        "--label",
-        dataset / "labelsTr",
-        "--classes",
-        dataset / "dataset.json",
-        "--out",
-        tmp_path / "rep",
-        "--workers",
-        "1",
-        *QUIET,
-    )
+    folder = dataset / "labelsTr" if side == "label" else pred
+    bad = write_nifti(folder / f"{bad_case}.nii.gz", np.full(SHAPE, value, np.uint8))
+    rep = tmp_path / "rep"
+    classes = dataset / "dataset.json"
+    rc, _, err = cli(capsys, *evaluate_argv(pred, dataset / "labelsTr", "--classes", classes, out=rep, workers=1))
     assert rc == 1
-    assert_clean_error(err, bad, r"prediction values \[9\] are not in the declared label set")
-    with open(tmp_path / "rep" / "per_case.csv") as f:
-        assert {row["case"] for row in csv.DictReader(f)} == {"c0", "c1"}
+    assert_clean_error(err, bad, *patterns)
+    assert _scored_cases(rep) == {"c0", "c1", "c2"} - {bad_case}
 
 
 # ====================================================================================================== datasets check
@@ -712,6 +657,8 @@ def test_datasets_check_volume_too_large_for_memory(dataset, tmp_path, capsys, m
 
 # =========================================================================================================== benchmark
 HIPPO = "unetrpp_hippocampus_mri_segmentation"
+#: score the synthetic datasets' training cases against their own labels (no published table)
+TRAINING_SPLIT_OWN_LABELS = ("--split", "training", "--table", "none")
 
 
 def test_benchmark_scores_good_cases_and_lists_bad_ones(bundle, tmp_path, capsys):
@@ -721,9 +668,7 @@ def test_benchmark_scores_good_cases_and_lists_bad_ones(bundle, tmp_path, capsys
     write_nifti(data / "imagesTr" / "c2.nii.gz", _NAN)
     write_nifti(data / "labelsTr" / "c3.nii.gz", np.zeros((20, 18, 10), np.uint8))
     out = tmp_path / "bench"
-    rc, stdout, err = cli(
-        capsys, "benchmark", "--bundle", bundle, "--data", data, "--split", "training", "--table", "none", "--out", out
-    )
+    rc, stdout, err = cli(capsys, *benchmark_argv(bundle, data, out, *TRAINING_SPLIT_OWN_LABELS))
     assert rc == 1, err
     assert "Traceback" not in err
     failed = {line.split(":")[1].strip(): line for line in err.splitlines() if line.startswith("failed: ")}
@@ -749,20 +694,7 @@ def test_benchmark_unexpected_error_in_one_case_does_not_cost_the_batch(bundle, 
 
     monkeypatch.setattr(runner, "predict_case", flaky)
     out = tmp_path / "bench"
-    rc, stdout, err = cli(
-        capsys,
-        "benchmark",
-        "--bundle",
-        bundle,
-        "--data",
-        dataset,
-        "--split",
-        "training",
-        "--table",
-        "none",
-        "--out",
-        out,
-    )
+    rc, stdout, err = cli(capsys, *benchmark_argv(bundle, dataset, out, *TRAINING_SPLIT_OWN_LABELS))
     assert rc == 1 and "Traceback" not in err
     line = next(ln for ln in err.splitlines() if ln.startswith("failed: c1:"))
     assert str(dataset / "imagesTr" / "c1.nii.gz") in line and "ValueError: cannot reshape" in line
@@ -772,28 +704,13 @@ def test_benchmark_unexpected_error_in_one_case_does_not_cost_the_batch(bundle, 
 
 def test_benchmark_bundle_config_missing_a_key(dataset, tmp_path, capsys):
     b = make_bundle(tmp_path / "b", drop=["network_def"])
-    rc, _, err = cli(
-        capsys,
-        "benchmark",
-        "--bundle",
-        b,
-        "--data",
-        dataset,
-        "--split",
-        "training",
-        "--table",
-        "none",
-        "--out",
-        tmp_path / "bench",
-    )
+    rc, _, err = cli(capsys, *benchmark_argv(b, dataset, tmp_path / "bench", *TRAINING_SPLIT_OWN_LABELS))
     assert rc == 4
     assert_clean_error(err, b / "configs" / "inference.json", r"no 'network_def'")
 
 
 def test_benchmark_missing_dataset(bundle, tmp_path, capsys):
-    rc, _, err = cli(
-        capsys, "benchmark", "--bundle", bundle, "--data", tmp_path / "nope", "--table", "none", "--out", tmp_path / "b"
-    )
+    rc, _, err = cli(capsys, *benchmark_argv(bundle, tmp_path / "nope", tmp_path / "b", "--table", "none"))
     assert rc == 3
     assert_clean_error(err, tmp_path / "nope", r"not found")
 

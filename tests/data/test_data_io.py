@@ -14,6 +14,7 @@ from pipeline.data.io import SimpleITKReader, load_volume
 from pipeline.data.naming import case_name, image_suffix
 from pipeline.errors import InputDataError
 
+from helpers.bad_inputs import folder, raw_bytes, truncate
 from helpers.data import LPS_AFFINE, write_nifti
 
 
@@ -69,22 +70,23 @@ def test_dicom_series_loads_and_matches_its_label(shared_data: Path) -> None:
     assert hu[lab_np == 0].mean() < -300  # background holds the air around the body
 
 
-def test_load_volume_errors_name_the_file(tmp_path: Path, shared_data: Path) -> None:
-    with pytest.raises(InputDataError, match="not found"):
-        load_volume(tmp_path / "nope.nii.gz")
-    raw = (shared_data / "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz").read_bytes()
-    bad = tmp_path / "trunc.nii.gz"
-    bad.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(InputDataError, match="trunc.nii.gz.*(corrupt|unreadable)"):
-        load_volume(bad)
-    txt = tmp_path / "notes.txt"
-    txt.write_text("x")
-    with pytest.raises(InputDataError, match="unsupported image type"):
-        load_volume(txt)
-    empty = tmp_path / "empty_dir"
-    empty.mkdir()
-    with pytest.raises(InputDataError, match="no DICOM series"):
-        load_volume(empty)
+@pytest.mark.parametrize(
+    "name, writer, message",
+    [
+        pytest.param("nope.nii.gz", None, "not found", id="missing_file"),
+        pytest.param("trunc.nii.gz", "truncate", "trunc.nii.gz.*(corrupt|unreadable)", id="truncated_nifti"),
+        pytest.param("notes.txt", raw_bytes(b"x"), "unsupported image type", id="text_file"),
+        pytest.param("empty_dir", folder, "no DICOM series", id="empty_folder"),
+    ],
+)
+def test_load_volume_errors_name_the_file(tmp_path: Path, shared_data: Path, name, writer, message) -> None:
+    path = tmp_path / name
+    if writer == "truncate":  # the first half of a real .nii.gz
+        writer = truncate(shared_data / "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz")
+    if writer is not None:
+        writer(path)
+    with pytest.raises(InputDataError, match=message):
+        load_volume(path)
 
 
 def test_suffix_helpers() -> None:

@@ -17,6 +17,7 @@ from pipeline.data.readers import (
 )
 from pipeline.errors import InputDataError, UsageError
 
+from helpers.bad_inputs import folder
 from helpers.data import SAMED_RAW_TO_TU, build_nnunet_v2, build_transunet, link, write_json, write_nifti
 
 # ----------------------------------------------------------------------------------------------------- synthetic MSD
@@ -220,18 +221,26 @@ def test_label_map_recovers_a_flipped_export(shared_data: Path, tmp_path: Path) 
     assert result["overall_agreement"] == 1.0
 
 
-def test_reader_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputDataError, match="not found"):
-        read_dataset(tmp_path / "missing")
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "dataset.json").write_text("{not json")
-    with pytest.raises(InputDataError, match="dataset.json.*unreadable JSON"):
-        read_dataset(bad)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(InputDataError, match="no images"):
-        read_dataset(empty)
+def _unparsable_dataset_json(root: Path) -> None:
+    """A dataset folder whose dataset.json is cut off mid-object."""
+    root.mkdir()
+    (root / "dataset.json").write_text("{not json")
+
+
+@pytest.mark.parametrize(
+    "make_root, message",
+    [
+        pytest.param(None, "not found", id="missing_folder"),
+        pytest.param(_unparsable_dataset_json, "dataset.json.*unreadable JSON", id="unreadable_dataset_json"),
+        pytest.param(folder, "no images", id="empty_folder"),
+    ],
+)
+def test_reader_errors(tmp_path: Path, make_root, message) -> None:
+    root = tmp_path / "dataset"
+    if make_root is not None:
+        make_root(root)
+    with pytest.raises(InputDataError, match=message):
+        read_dataset(root)
 
 
 def test_folder_pairs_imagesTr_labelsTr(tmp_path: Path, shared_data: Path) -> None:

@@ -17,6 +17,7 @@ import nibabel as nib
 import pytest
 
 from helpers.bad_inputs import cli, make_bundle
+from helpers.commands import infer_argv
 
 MAIN_UID, SCOUT_UID = "1.2.3.1", "1.2.3.2"
 
@@ -85,7 +86,7 @@ def _sidecar(out: Path, case: str) -> dict:
 
 def test_infer_reports_missing_slice_and_series_choice(bundle, series_folders, tmp_path, capfd):
     out = tmp_path / "out"
-    rc, _, err = cli(capfd, "infer", "--model", bundle, "--input", series_folders, "--output", out, "--quiet")
+    rc, _, err = cli(capfd, *infer_argv(bundle, series_folders, out))
     assert rc == 0, err
     assert "Non uniform sampling" not in err and "WARNING: In" not in err  # ITK's own unnamed line is not printed
     gap_lines = [ln for ln in err.splitlines() if ln.startswith(f"warning: case gap: {series_folders / 'gap'}: ")]
@@ -114,19 +115,7 @@ def test_infer_reports_missing_slice_and_series_choice(bundle, series_folders, t
 
 def test_infer_series_uid_picks_the_series(bundle, series_folders, tmp_path, capfd):
     out = tmp_path / "out"
-    rc, _, err = cli(
-        capfd,
-        "infer",
-        "--model",
-        bundle,
-        "--input",
-        series_folders / "two",
-        "--output",
-        out,
-        "--series-uid",
-        SCOUT_UID,
-        "--quiet",
-    )
+    rc, _, err = cli(capfd, *infer_argv(bundle, series_folders / "two", out, "--series-uid", SCOUT_UID))
     assert rc == 0, err
     assert "2 DICOM series" not in err
     two = _sidecar(out, "two")
@@ -138,19 +127,7 @@ def test_infer_series_uid_picks_the_series(bundle, series_folders, tmp_path, cap
 
 def test_infer_series_uid_absent_from_a_multi_series_folder_fails_that_case(bundle, series_folders, tmp_path, capfd):
     out = tmp_path / "out"
-    rc, _, err = cli(
-        capfd,
-        "infer",
-        "--model",
-        bundle,
-        "--input",
-        series_folders,
-        "--output",
-        out,
-        "--series-uid",
-        "9.9.9",
-        "--quiet",
-    )
+    rc, _, err = cli(capfd, *infer_argv(bundle, series_folders, out, "--series-uid", "9.9.9"))
     assert rc == 1 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert lines == [
@@ -174,7 +151,7 @@ def test_datasets_check_warns_about_both(series_folders, tmp_path, capfd):
 
 def test_infer_truncated_slice_is_named_and_odd_sized_slice_fails_the_case(bundle, broken_series, tmp_path, capfd):
     out = tmp_path / "out"
-    rc, _, err = cli(capfd, "infer", "--model", bundle, "--input", broken_series, "--output", out, "--quiet")
+    rc, _, err = cli(capfd, *infer_argv(bundle, broken_series, out))
     assert rc == 1 and "Traceback" not in err
     cut = broken_series / "cut"
     cut_name = sorted(p.name for p in cut.iterdir())[14]

@@ -31,6 +31,7 @@ from helpers.bad_inputs import (
     write_msd_dataset,
     write_nifti,
 )
+from helpers.commands import evaluate_argv
 
 #: where nibabel (and so MONAI, ITK-SNAP, FSL...) puts the voxels of a NIfTI with qform_code = sform_code = 0
 METHOD1_AFFINE = shape_zoom_affine(SHAPE, SPACING, x_flip=True)
@@ -120,21 +121,7 @@ def test_zero_pixdim_with_a_valid_sform_is_fine_everywhere(bundle, tmp_path, cap
     shifted = np.zeros_like(label)
     shifted[:, :, 1:] = label[:, :, :-1]  # one slice off: HD95 is one slice thickness = 2 mm, not 1
     write_nifti(preds / "z.nii.gz", shifted)
-    rc, _, err = cli(
-        capsys,
-        "evaluate",
-        "--pred",
-        preds,
-        "--label",
-        labels,
-        "--classes",
-        "1,2",
-        "--out",
-        tmp_path / "rep",
-        "--workers",
-        "1",
-        "--quiet",
-    )
+    rc, _, err = cli(capsys, *evaluate_argv(preds, labels, "--classes", "1,2", out=tmp_path / "rep", workers=1))
     assert rc == 0 and "warning" not in err, err
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert summary["grids"]["z"]["spacing"] == [1.5, 1.5, 2.0]
@@ -170,21 +157,7 @@ def test_evaluate_reads_labels_by_the_same_rule(tmp_path, capsys):
         write_nifti(labels / f"c{i}.nii.gz", label, METHOD1_AFFINE)
     raw_nifti(ct_case(1)[1], no_affine(SPACING))(labels / "c1.nii.gz")
     raw_nifti(ct_case(2)[1], no_affine([0, 0, 0]))(labels / "c2.nii.gz")
-    rc, _, err = cli(
-        capsys,
-        "evaluate",
-        "--pred",
-        preds,
-        "--label",
-        labels,
-        "--classes",
-        "1,2",
-        "--out",
-        tmp_path / "rep",
-        "--workers",
-        "1",
-        "--quiet",
-    )
+    rc, _, err = cli(capsys, *evaluate_argv(preds, labels, "--classes", "1,2", out=tmp_path / "rep", workers=1))
     assert rc == 1 and "Traceback" not in err
     assert len(_warning_lines(err, labels / "c1.nii.gz")) == 1
     errors = [ln for ln in err.splitlines() if ln.startswith("error:") or ln.startswith("failed")]

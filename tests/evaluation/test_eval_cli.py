@@ -18,6 +18,8 @@ from pipeline.errors import InputDataError, UsageError
 from pipeline.evaluation import evaluate_case, resolve_classes
 from pipeline.evaluation.folders import evaluate_folders
 
+from helpers.commands import evaluate_argv
+
 
 # ------------------------------------------------------------------------------------------------------ pairing rules
 def test_case_id_rules():
@@ -84,24 +86,8 @@ def _read_csv(path: Path) -> list[dict]:
 def test_evaluate_command_end_to_end(btcv_preds, tmp_path, capsys):
     pred_dir, labels = btcv_preds
     out = tmp_path / "out"
-    rc = main(
-        [
-            "evaluate",
-            "--pred",
-            str(pred_dir),
-            "--label",
-            str(labels),
-            "--classes",
-            "btcv13",
-            "--out",
-            str(out),
-            "--workers",
-            "2",
-            "--quiet",
-            "--split",
-            "BTCV_like training+validation",
-        ]
-    )
+    split = ("--split", "BTCV_like training+validation")
+    rc = main(evaluate_argv(pred_dir, labels, "--classes", "btcv13", *split, out=out, workers=2))
     assert rc == 0
     rows = _read_csv(out / "per_case.csv")
     assert list(rows[0])[:4] == ["case", "class", "dice", "hd95"]
@@ -135,7 +121,7 @@ def test_evaluate_command_end_to_end(btcv_preds, tmp_path, capsys):
 
     # outputs exist: a re-run is skipped unless --overwrite
     before = (out / "summary.json").stat().st_mtime_ns
-    assert main(["evaluate", "--pred", str(pred_dir), "--label", str(labels), "--out", str(out), "--quiet"]) == 0
+    assert main(evaluate_argv(pred_dir, labels, out=out)) == 0
     assert "skipped" in capsys.readouterr().err
     assert (out / "summary.json").stat().st_mtime_ns == before
 
@@ -143,22 +129,7 @@ def test_evaluate_command_end_to_end(btcv_preds, tmp_path, capsys):
 def test_legacy_protocol_report_has_banner_and_voxel_units(btcv_preds, tmp_path, capsys):
     pred_dir, labels = btcv_preds
     out = tmp_path / "legacy"
-    rc = main(
-        [
-            "evaluate",
-            "--pred",
-            str(pred_dir),
-            "--label",
-            str(labels),
-            "--protocol",
-            "legacy_unetrpp",
-            "--out",
-            str(out),
-            "--workers",
-            "1",
-            "--quiet",
-        ]
-    )
+    rc = main(evaluate_argv(pred_dir, labels, "--protocol", "legacy_unetrpp", out=out, workers=1))
     assert rc == 0
     assert "WARNING" in capsys.readouterr().err
     md = (out / "summary.md").read_text()
@@ -182,22 +153,7 @@ def test_bad_cases_are_reported_and_the_batch_carries_on(btcv_preds, tmp_path, c
     (pred_dir / "img0002.nii.gz").write_bytes(b"not a nifti file at all")
     img = nib.load(str(labels / "label0001.nii.gz"))
     shutil.copy(labels / "label0001.nii.gz", pred_dir / "label0001_copy.nii.gz")  # an extra prediction
-    rc = main(
-        [
-            "evaluate",
-            "--pred",
-            str(pred_dir),
-            "--label",
-            str(labels),
-            "--quiet",
-            "--workers",
-            "2",
-            "--classes",
-            "1,2",
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    rc = main(evaluate_argv(pred_dir, labels, "--classes", "1,2", out=tmp_path / "o", workers=2))
     err = capsys.readouterr().err
     assert rc == 1
     bad = [ln for ln in err.splitlines() if ln.startswith("error:")]

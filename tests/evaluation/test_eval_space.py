@@ -24,6 +24,8 @@ from pipeline.evaluation.space import (
     to_target_space,
 )
 
+from helpers.commands import evaluate_argv
+
 # Anisotropic source grid, flipped x/y axes (LPS-like storage, as many CT files): exercises the RAS <-> ITK LPS mapping.
 SPACING = (0.75, 0.75, 3.0)
 SHAPE = (64, 64, 16)
@@ -220,26 +222,8 @@ def three_cases(tmp_path):
 def test_cli_resampled_reports_state_space_and_bad_case_fails_alone(three_cases, tmp_path, capsys):
     pdir, ldir = three_cases
     out = tmp_path / "out"
-    rc = main(
-        [
-            "evaluate",
-            "--pred",
-            str(pdir),
-            "--label",
-            str(ldir),
-            "--classes",
-            "1",
-            "--space",
-            "resampled",
-            "--target-spacing",
-            "1.5,1.5,3",
-            "--out",
-            str(out),
-            "--workers",
-            "2",
-            "--quiet",
-        ]
-    )
+    resampled = ("--space", "resampled", "--target-spacing", "1.5,1.5,3")
+    rc = main(evaluate_argv(pdir, ldir, "--classes", "1", *resampled, out=out, workers=2))
     err = capsys.readouterr().err
     assert rc == 1
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
@@ -261,25 +245,8 @@ def test_cli_resampled_reports_state_space_and_bad_case_fails_alone(three_cases,
 
     # the default space is stated too, with per-case header spacing
     out2 = tmp_path / "orig"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--pred",
-                str(pdir),
-                "--label",
-                str(ldir),
-                "--classes",
-                "1",
-                "--out",
-                str(out2),
-                "--workers",
-                "1",
-                "--quiet",
-            ]
-        )
-        == 1
-    )  # case2 (other shape) and case3 (other affine) fail
+    # case2 (other shape) and case3 (other affine) fail
+    assert main(evaluate_argv(pdir, ldir, "--classes", "1", out=out2, workers=1)) == 1
     s2 = json.loads((out2 / "summary.json").read_text())
     assert s2["space"] == "original" and s2["target_spacing"] is None
     assert s2["grids"]["case1"]["spacing"] == pytest.approx(list(SPACING))
@@ -291,28 +258,8 @@ def test_cli_preset_pixdim_equals_explicit_spacing(three_cases, tmp_path):
     shutil.move(str(pdir / "case3.nii.gz"), str(tmp_path / "case3.nii.gz"))
     shutil.move(str(ldir / "case3.nii.gz"), str(tmp_path / "label3.nii.gz"))
     for name, extra in (("a", ["--preprocessing", "ct_sts"]), ("b", ["--target-spacing", "2,2,3"])):
-        assert (
-            main(
-                [
-                    "evaluate",
-                    "--pred",
-                    str(pdir),
-                    "--label",
-                    str(ldir),
-                    "--classes",
-                    "1",
-                    "--space",
-                    "resampled",
-                    "--out",
-                    str(tmp_path / name),
-                    "--workers",
-                    "1",
-                    "--quiet",
-                    *extra,
-                ]
-            )
-            == 0
-        )
+        options = ("--classes", "1", "--space", "resampled", *extra)
+        assert main(evaluate_argv(pdir, ldir, *options, out=tmp_path / name, workers=1)) == 0
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
     b = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert a["target_spacing"]["source"] == "--preprocessing ct_sts" and a["target_spacing"]["frame"] == "RAS"
@@ -334,7 +281,7 @@ def test_cli_preset_pixdim_equals_explicit_spacing(three_cases, tmp_path):
 )
 def test_cli_usage_errors(three_cases, capsys, options, needle):
     pdir, ldir = three_cases
-    rc = main(["evaluate", "--pred", str(pdir), "--label", str(ldir), "--quiet", *options])
+    rc = main(evaluate_argv(pdir, ldir, *options))
     err = capsys.readouterr().err
     assert rc == 2
     lines = err.strip().splitlines()

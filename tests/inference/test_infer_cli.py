@@ -14,6 +14,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.paths import PROJECT_ROOT
 
+from helpers.commands import infer_argv
 from helpers.infer import make_tiny_bundle
 
 FAST = ["--quiet", "--overlap", "0.25", "--sw-batch-size", "4"]
@@ -180,43 +181,15 @@ def test_interrupted_write_leaves_no_output(shared_data, ct_bundle, tmp_path, mo
 
 def test_bad_model_and_options_are_one_line_errors(tmp_path, capsys, ct_bundle, shared_data):
     img = sorted((shared_data / "Task04_Hippocampus" / "imagesTr").glob("*.nii.gz"))[0]
-    assert main(["infer", "--model", "no_such_preset", "--input", str(img), "--output", str(tmp_path)]) == 2
+    assert main(infer_argv("no_such_preset", img, tmp_path, quiet=False)) == 2
     assert "neither a bundle" in capsys.readouterr().err
     bad = tmp_path / "badckpt"
     make_tiny_bundle(bad)
     (bad / "models" / "model.pt").write_bytes(b"garbage")
-    assert main(["infer", "--model", str(bad), "--input", str(img), "--output", str(tmp_path / "o")]) == 4
+    assert main(infer_argv(bad, img, tmp_path / "o", quiet=False)) == 4
     assert "model.pt" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "infer",
-                "--model",
-                str(ct_bundle),
-                "--input",
-                str(tmp_path / "missing.nii.gz"),
-                "--output",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 3
-    )
-    assert (
-        main(
-            [
-                "infer",
-                "--model",
-                str(ct_bundle),
-                "--input",
-                str(img),
-                "--output",
-                str(tmp_path / "o"),
-                "--overlap",
-                "1.5",
-            ]
-        )
-        == 2
-    )
+    assert main(infer_argv(ct_bundle, tmp_path / "missing.nii.gz", tmp_path / "o", quiet=False)) == 3
+    assert main(infer_argv(ct_bundle, img, tmp_path / "o", "--overlap", "1.5", quiet=False)) == 2
 
 
 def test_torchrun_two_processes_equal_single_process(shared_data, ct_bundle, tmp_path):

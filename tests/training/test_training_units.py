@@ -20,7 +20,7 @@ from pipeline.training import (
     deep_supervision_weights,
     poly_lr,
 )
-from pipeline.training.bundle import bundle_root, split_datalist
+from pipeline.training.bundle import bundle_root
 from pipeline.training.checkpoint import load_training_state
 from pipeline.training.cli import parse_overrides
 
@@ -147,13 +147,6 @@ def test_bundle_root_follows_the_config_file(tmp_path):
     # outside a monai.bundle process: the project's bundle of that name, else the working directory
     assert bundle_root("unetrpp_hippocampus_mri_segmentation").endswith("unetrpp_hippocampus_mri_segmentation")
     assert bundle_root("no_such_bundle") == os.getcwd()
-
-
-def test_split_datalist_holds_out_cases_when_there_is_no_validation_split(shared_data):
-    train = split_datalist(shared_data / "STS_CT", "training")
-    val = split_datalist(shared_data / "STS_CT", "validation")
-    assert len(train) + len(val) == 24 and len(val) == 5
-    assert not {d["image"] for d in train} & {d["image"] for d in val}
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,8 @@ TINY_UNETRPP: dict = dict(
     stem_stride=(2, 2, 2),
 )
 
-_COMMON = dict(
+#: the official Synapse network; the other official presets state only what differs from it
+_SYNAPSE = dict(
     feature_size=16,
     dims=(32, 64, 128, 256),
     depths=(3, 3, 3, 3),
@@ -70,55 +71,35 @@ _COMMON = dict(
     deep_supervision=True,
     permute_quirk=True,
     input_order="zyx",
+    in_channels=1,
+    out_channels=14,
+    img_size=(64, 128, 128),
+    stem_stride=(2, 4, 4),
+    attn_dropout=0.15,
+    ef_mode="shared",
+    fusion="concat",
+    n_conv_blocks=1,
 )
+#: ACDC and Lung: separate E/F projections and a second conv block (``conv52``)
+_SEPARATE_EF = dict(attn_dropout=0.1, ef_mode="separate", n_conv_blocks=2)
 
 #: name -> (constructor kwargs, description); patches are (z, y, x) as nnU-Net
 UNETRPP_PRESETS: dict[str, tuple[dict, str]] = {
     "unetrpp_synapse": (
-        dict(
-            _COMMON,
-            in_channels=1,
-            out_channels=14,
-            img_size=(64, 128, 128),
-            stem_stride=(2, 4, 4),
-            attn_dropout=0.15,
-            ef_mode="shared",
-            fusion="concat",
-            n_conv_blocks=1,
-        ),
+        dict(_SYNAPSE),
         "UNETR++ Synapse (Task002), 13 organs + bg, official layout (z,y,x) 64x128x128",
     ),
     "unetrpp_acdc": (
-        dict(
-            _COMMON,
-            in_channels=1,
-            out_channels=4,
-            img_size=(16, 160, 160),
-            stem_stride=(1, 4, 4),
-            attn_dropout=0.1,
-            ef_mode="separate",
-            fusion="concat",
-            n_conv_blocks=2,
-        ),
+        dict(_SYNAPSE, out_channels=4, img_size=(16, 160, 160), stem_stride=(1, 4, 4), **_SEPARATE_EF),
         "UNETR++ ACDC (Task001), RV/Myo/LV + bg, official layout (z,y,x) 16x160x160",
     ),
     "unetrpp_lung": (
-        dict(
-            _COMMON,
-            in_channels=1,
-            out_channels=2,
-            img_size=(32, 192, 192),
-            stem_stride=(1, 4, 4),
-            attn_dropout=0.1,
-            ef_mode="separate",
-            fusion="concat",
-            n_conv_blocks=2,
-        ),
+        dict(_SYNAPSE, out_channels=2, img_size=(32, 192, 192), stem_stride=(1, 4, 4), **_SEPARATE_EF),
         "UNETR++ MSD Lung (Task06), tumour + bg, official layout (z,y,x) 32x192x192",
     ),
     "unetrpp_tumor": (
         dict(
-            _COMMON,
+            _SYNAPSE,
             in_channels=4,
             out_channels=4,
             img_size=(128, 128, 128),
@@ -126,27 +107,32 @@ UNETRPP_PRESETS: dict[str, tuple[dict, str]] = {
             attn_dropout=0.1,
             ef_mode="param",
             fusion="sum",
-            n_conv_blocks=1,
         ),
         "UNETR++ BraTS (Task003), 4 MRI channels, official layout (z,y,x) 128^3",
     ),
+    # BTCV uses the Synapse network unchanged (official issue #23)
+    "unetrpp_btcv": (
+        dict(_SYNAPSE),
+        "UNETR++ BTCV (= Synapse network), official layout (z,y,x) 64x128x128",
+    ),
 }
-# BTCV uses the Synapse network unchanged (official issue #23)
-UNETRPP_PRESETS["unetrpp_btcv"] = (
-    dict(UNETRPP_PRESETS["unetrpp_synapse"][0]),
-    "UNETR++ BTCV (= Synapse network), official layout (z,y,x) 64x128x128",
-)
 
-for _name, (_kwargs, _desc) in UNETRPP_PRESETS.items():
-    register_preset(
-        _name,
-        UNETRPP,
-        _kwargs,
-        description=_desc,
-        roi_size=tuple(_kwargs["img_size"]),
-        axes="zyx",
-        spatial_keys=("img_size", "stem_stride"),
-    )
+
+def _register(presets: dict[str, tuple[dict, str]], axes: str) -> None:
+    """Register UNETR++ presets whose tensors and per-axis arguments are in ``axes`` order."""
+    for name, (kwargs, desc) in presets.items():
+        register_preset(
+            name,
+            UNETRPP,
+            kwargs,
+            description=desc,
+            roi_size=tuple(kwargs["img_size"]),
+            axes=axes,
+            spatial_keys=("img_size", "stem_stride"),
+        )
+
+
+_register(UNETRPP_PRESETS, axes="zyx")
 
 _PROJECT = dict(
     in_channels=1,
@@ -163,39 +149,21 @@ _PROJECT = dict(
     deep_supervision=True,
 )
 
+_HIPPOCAMPUS = dict(
+    _PROJECT, out_channels=3, img_size=(32, 48, 32), dims=(32, 64, 128, 128), decoder_depth=1, stem_stride=(2, 2, 2)
+)
+_STS = dict(
+    _PROJECT, out_channels=2, img_size=(64, 64, 32), dims=(16, 32, 64, 128), decoder_depth=2, stem_stride=(4, 4, 2)
+)
+
 #: name -> (constructor kwargs, description): the networks of the bundles trained in this project; patches and
 #: stem strides are (x, y, z), the order of MONAI tensors (``UNETRPP``'s default ``input_order``)
 PROJECT_PRESETS: dict[str, tuple[dict, str]] = {
     "unetrpp_hippocampus": (
-        dict(
-            _PROJECT,
-            out_channels=3,
-            img_size=(32, 48, 32),
-            dims=(32, 64, 128, 128),
-            decoder_depth=1,
-            stem_stride=(2, 2, 2),
-        ),
+        _HIPPOCAMPUS,
         "UNETR++ MSD Task04 Hippocampus (bundle unetrpp_hippocampus_mri_segmentation), (x,y,z) 32x48x32",
     ),
-    "unetrpp_sts": (
-        dict(
-            _PROJECT,
-            out_channels=2,
-            img_size=(64, 64, 32),
-            dims=(16, 32, 64, 128),
-            decoder_depth=2,
-            stem_stride=(4, 4, 2),
-        ),
-        "UNETR++ soft-tissue sarcoma CT (bundle unetrpp_sts_ct_segmentation), (x,y,z) 64x64x32",
-    ),
+    "unetrpp_sts": (_STS, "UNETR++ soft-tissue sarcoma CT (bundle unetrpp_sts_ct_segmentation), (x,y,z) 64x64x32"),
 }
 
-for _name, (_kwargs, _desc) in PROJECT_PRESETS.items():
-    register_preset(
-        _name,
-        UNETRPP,
-        _kwargs,
-        description=_desc,
-        roi_size=tuple(_kwargs["img_size"]),
-        spatial_keys=("img_size", "stem_stride"),
-    )
+_register(PROJECT_PRESETS, axes="xyz")

@@ -1,0 +1,267 @@
+#!/usr/bin/env python
+"""CPU backends: the network exported to OpenVINO and ONNX Runtime vs PyTorch, forward and end to end (issue 15).
+
+1. **Forward**, batch 1, fp32, every UNETR++ preset at its official window and ``swinunet3d`` at 96^3, seeded random
+   weights. Paths of the same weights, timed round robin in one run (:func:`pipeline.benchmark.time_paths`):
+   ``official`` (UNETR++ only: ``set_fast(False)``, the official op sequence at the official (z, y, x) input),
+   ``torch`` (what ``medseg infer --backend torch`` runs: the fast path plus ``optimize_for_cpu``), ``openvino`` and
+   ``onnxruntime`` (the export that ``--backend`` caches, built by :func:`pipeline.deploy.cache.cached_export`).
+   The error column is max |delta logit| / max |logit| of each backend against ``torch`` on the timed input.
+2. **End to end** on the real CT cases of ``../shared/data`` (STS_CT, BTCV_like, Task06_Lung_sample):
+   ``unetrpp_synapse`` with seeded random weights and ``ct_abdomen`` preprocessing. ``medseg`` = ``infer_cases``
+   with ``--backend auto`` (the export is built before the timing); ``monai`` = the same preprocessing, MONAI
+   ``sliding_window_inference`` (same window, overlap, Gaussian, sw_batch_size) with the torch network, softmax,
+   MONAI ``Invertd`` to the original grid, argmax. Agreement = voxels with the same label.
+3. With ``--bf16`` on a CPU with native bf16: the same end to end with ``--precision bf16`` against fp32.
+
+Targets (issue 15): ``unetrpp_synapse`` backend <= 0.40x ``official``; ``swinunet3d`` and every UNETR++ preset
+backend <= 0.65x ``torch``; end to end ``auto`` >= 2x MONAI with >= 99.99 % equal labels.
+
+Usage::
+
+    python benchmarks/backends.py --out benchmarks/results/backends.md       # full run (about an hour on 2 cores)
+    python benchmarks/backends.py --quick                                    # smoke run: tiny networks, one case
+    python benchmarks/backends.py --presets unetrpp_synapse --cases 4
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.benchmark import markdown_table, publish, script_parser, time_paths, torch_threads  # noqa: E402
+
+PRESETS = (
+    "unetrpp_synapse",
+    "unetrpp_acdc",
+    "unetrpp_lung",
+    "unetrpp_tumor",
+    "unetrpp_hippocampus",
+    "unetrpp_sts",
+    "swinunet3d",
+)
+BACKENDS = ("openvino", "onnxruntime")
+#: a small Swin-Unet 3D for --quick (every stage type, seconds per forward)
+QUICK_SWIN = {"roi_size": (32, 32, 16), "patch_size": 2, "embed_dim": 12, "num_heads": (1, 2, 4, 8), "out_channels": 3}
+CT_GLOBS = ("STS_CT/imagesTr/*.nii.gz", "BTCV_like/imagesTr/*.nii.gz", "Task06_Lung_sample/imagesTr/*.nii.gz")
+
+
+def _networks(name: str, quick: bool) -> tuple[torch.nn.Module, torch.nn.Module | None, tuple[int, ...], bool]:
+    """``(MONAI-order network, official-op-sequence network or None, window (x, y, z), official input is (z, y, x))``,
+    all with the same seeded weights."""
+    from pipeline.networks import create_network, get_preset
+    from pipeline.networks.unetrpp.presets import TINY_UNETRPP
+
+    preset = get_preset(name)
+    swin = name.startswith("swinunet3d")
+    kwargs: dict[str, Any] = {}
+    if quick:
+        kwargs = dict(QUICK_SWIN) if swin else {k: v for k, v in TINY_UNETRPP.items() if k != "in_channels"}
+    torch.manual_seed(0)
+    if swin:
+        net = create_network(name, **kwargs).eval()
+        return net, None, tuple(net.roi_size), False
+    official = create_network(name, **kwargs).eval()
+    zyx = preset.axes != "xyz"
+    if zyx:  # a preset's own kwargs are turned to (x, y, z) by input_order; overrides are taken in the order given
+        xyz = {**kwargs, "img_size": tuple(kwargs["img_size"])[::-1]} if "img_size" in kwargs else kwargs
+        ours = create_network(name, **xyz, input_order="xyz").eval()
+        ours.load_state_dict(official.state_dict())
+    else:
+        ours = copy.deepcopy(official)
+    return ours, official.set_fast(False), tuple(ours.img_size), zyx
+
+
+def forward_rows(names: Sequence[str], repeats: int, threads: int, cache: Path, quick: bool) -> list[list[Any]]:
+    """One row per network: window, parameters, median seconds per path, ratios and backend errors."""
+    from monai.transforms import Compose
+
+    from pipeline.deploy.cache import cached_export
+    from pipeline.deploy.export import compare
+    from pipeline.deploy.runtimes import load_exported
+    from pipeline.inference.loading import LoadedModel
+    from pipeline.networks import optimize_for_cpu
+
+    rows = []
+    for name in names:
+        net, official, roi, zyx = _networks(name, quick)
+        x = torch.randn(1, 1, *roi, generator=torch.Generator().manual_seed(1))
+        fast = optimize_for_cpu(copy.deepcopy(net))
+        loaded = LoadedModel(fast, Compose([]), roi, sw_batch_size=1, name=name, source=f"preset:{name}")
+        paths: dict[str, Any] = {}
+        if official is not None:
+            x_official = x.permute(0, 1, 4, 3, 2).contiguous() if zyx else x
+            paths["official"] = lambda n=official, t=x_official: n(t)
+        paths["torch"] = lambda n=fast, t=x: n(t)
+        errors, export_s = {}, {}
+        with torch.inference_mode():
+            reference = fast(x)
+        for backend in BACKENDS:
+            fmt = "onnx" if backend == "onnxruntime" else "openvino"
+            t0 = time.perf_counter()
+            entry = cached_export(loaded, fmt, sw_batch_size=1, root=cache, threads=threads)
+            export_s[backend] = time.perf_counter() - t0
+            run = load_exported(entry.path, fmt, threads=threads, config=entry.metadata["check"].get("runtime_config"))
+            errors[backend] = compare(reference, run(x))["relative_error"]
+            paths[backend] = lambda r=run, t=x: r(t)
+        with torch.inference_mode():
+            t = time_paths(paths, repeats=repeats)
+        n_params = sum(p.numel() for p in net.parameters()) / 1e6
+        best = min(BACKENDS, key=lambda b: t[b])
+        rows.append(
+            [
+                name,
+                "x".join(map(str, roi)),
+                f"{n_params:.2f}",
+                f"{t['official']:.3f}" if "official" in t else "–",
+                f"{t['torch']:.3f}",
+                f"{t['openvino']:.3f}",
+                f"{t['onnxruntime']:.3f}",
+                f"{t[best] / t['official']:.2f}x" if "official" in t else "–",
+                f"{t['openvino'] / t['torch']:.2f}x",
+                f"{t['onnxruntime'] / t['torch']:.2f}x",
+                f"{errors['openvino']:.1e} / {errors['onnxruntime']:.1e}",
+            ]
+        )
+        print(f"[backends] {name}: {t} exports {export_s}", flush=True)
+    return rows
+
+
+def _ct_cases(quick: bool, limit: int | None) -> list[dict[str, str]]:
+    from pipeline.data.naming import case_name
+    from pipeline.paths import find_data_root
+
+    root = find_data_root()
+    if root is None:
+        return []
+    files = [f for pattern in CT_GLOBS for f in sorted(root.glob(pattern))]
+    files = files[:1] if quick else files[:limit] if limit else files
+    return [{"image": str(f), "case": case_name(str(f))} for f in files]
+
+
+def _monai_labels(model: Any, image: str, overlap: float, sw: int) -> np.ndarray:
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import Invertd
+
+    data = model.preprocessing({"image": image})
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            data["image"][None].float(), model.roi_size, sw, model.network, overlap=overlap, mode="gaussian"
+        )
+        data["pred"] = torch.softmax(logits[0], 0)
+        inverted = Invertd(keys="pred", transform=model.preprocessing, orig_keys="image", nearest_interp=False)(data)
+    return inverted["pred"].as_tensor().argmax(0).to(torch.uint8).numpy()
+
+
+def end_to_end_rows(
+    cases: Sequence[dict[str, str]], threads: int, cache: Path, quick: bool, precision: str = "fp32"
+) -> tuple[list[list[Any]], dict[str, Any]]:
+    """Per case: seconds of ``medseg`` (``--backend auto``) and of MONAI, and their label agreement."""
+    import nibabel as nib
+
+    from pipeline.deploy.backend import apply_backend
+    from pipeline.inference import InferenceSettings, infer_cases, load_model
+    from pipeline.networks import create_network
+    from pipeline.networks.unetrpp.presets import TINY_UNETRPP
+
+    overrides: dict[str, Any] = {}
+    if quick:  # the tiny UNETR++ with 14 classes; load_model builds presets in (x, y, z), overrides taken as given
+        tiny = {k: v for k, v in TINY_UNETRPP.items() if k != "in_channels"}
+        overrides = {**tiny, "out_channels": 14, "img_size": tuple(tiny["img_size"])[::-1]}
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="medseg-backends-"))
+    weights = work / "unetrpp_synapse_seed0.pt"
+    torch.save(create_network("unetrpp_synapse", input_order="xyz", **overrides).state_dict(), weights)
+    roi = overrides.get("img_size")  # None: the preset's window
+    model = load_model("unetrpp_synapse", weights, "cpu", preprocessing="ct_abdomen", overrides=overrides, roi_size=roi)
+    t0 = time.perf_counter()
+    fast = apply_backend(model, "auto", precision, cache_dir=cache, threads=threads)
+    info = {"backend": fast.backend, "export_s": time.perf_counter() - t0, "roi": model.roi_size}
+    settings = InferenceSettings(quiet=True, overwrite=True)
+    rows, totals = [], np.zeros(2)
+    for item in cases:
+        t0 = time.perf_counter()
+        (result,) = infer_cases([item], fast, work / "medseg", settings)
+        t_ours = time.perf_counter() - t0
+        if result.status != "ok":
+            raise RuntimeError(f"{item['case']}: {result.message}")
+        ours = np.asarray(nib.load(result.output).dataobj)
+        t0 = time.perf_counter()
+        ref = _monai_labels(model, item["image"], model.overlap, model.sw_batch_size)
+        t_monai = time.perf_counter() - t0
+        sidecar = json.loads((work / "medseg" / f"{item['case']}.json").read_text())
+        agree = float((ours == ref).mean()) if ours.shape == ref.shape else float("nan")
+        totals += (t_monai, t_ours)
+        rows.append(
+            [item["case"], sidecar["windows"].get("run", "–"), f"{t_monai:.1f}", f"{t_ours:.1f}"]
+            + [f"{t_monai / t_ours:.2f}x", f"{100 * agree:.4f}%"]
+        )
+        print(f"[backends] {item['case']}: monai {t_monai:.1f} s, medseg {t_ours:.1f} s, agree {agree:.6f}", flush=True)
+    rows.append(["**all**", "", f"{totals[0]:.1f}", f"{totals[1]:.1f}", f"{totals[0] / totals[1]:.2f}x", ""])
+    return rows, info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.utils.environment import native_bf16
+
+    p = script_parser(__doc__, quick="tiny networks and one CT case (seconds; figures not published)", repeats=3)
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), help="networks of the forward table")
+    p.add_argument("--cases", type=int, default=None, help="only the first N CT cases end to end")
+    p.add_argument("--threads", type=int, default=2, help="torch and runtime threads (default 2)")
+    p.add_argument("--skip-forward", action="store_true", help="only the end-to-end table")
+    p.add_argument("--bf16", action="store_true", help="also bf16 end to end (CPUs with native bf16 only)")
+    args = p.parse_args(argv)
+    cache = Path(tempfile.mkdtemp(prefix="medseg-backend-cache-"))
+    text, details = "", [f"torch and runtime threads: {args.threads}; seeded random weights (seed 0)"]
+    with torch_threads(args.threads):
+        if not args.skip_forward:
+            names = ["unetrpp_synapse", "swinunet3d"] if args.quick else args.presets
+            rows = forward_rows(names, 1 if args.quick else args.repeats, args.threads, cache, args.quick)
+            head = ["network", "window (x y z)", "params (M)", "official (s)", "torch (s)", "openvino (s)"]
+            head += [
+                "onnxruntime (s)",
+                "best / official",
+                "openvino / torch",
+                "onnxruntime / torch",
+                "rel. error ov / ort",
+            ]
+            text += f"Forward, batch 1, fp32, median of {args.repeats} (round robin):\n\n"
+            text += markdown_table(head, rows, align=["left", "left"] + ["right"] * 9) + "\n\n"
+        cases = _ct_cases(args.quick, args.cases)
+        precisions = ["fp32"] + (["bf16"] if args.bf16 and native_bf16() else [])
+        for precision in precisions:
+            rows, info = end_to_end_rows(cases, args.threads, cache, args.quick, precision)
+            used = f"{info['backend']['name']} ({info['backend']['precision']})"
+            text += (
+                f"End to end, `unetrpp_synapse` (seeded random weights), {len(cases)} real CT cases, window "
+                f"{info['roi']}, `--backend auto --precision {precision}` ran **{used}** (export built in "
+                f"{info['export_s']:.0f} s, before the timing):\n\n"
+            )
+            head = ["case", "windows", "monai (s)", "medseg (s)", "speed-up", "same label"]
+            text += markdown_table(head, rows, align=["left"] + ["right"] * 5) + "\n\n"
+    publish(
+        text.rstrip(),
+        out=args.out,
+        title="CPU backends: OpenVINO and ONNX Runtime vs PyTorch (`benchmarks/backends.py`)",
+        script=__file__,
+        argv=argv if argv is not None else sys.argv[1:],
+        details=details,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
