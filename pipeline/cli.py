@@ -1,32 +1,72 @@
 """The ``medseg`` / ``python -m pipeline`` command line.
 
-Each sub-command lives next to the stage it drives and exposes ``register(subparsers)``, which adds its parser and
-sets ``func(args) -> int`` as the default. Errors derived from :class:`pipeline.errors.PipelineError` are printed as
-one line (``error: <file>: <problem>``) with their exit code; ``--debug`` shows the traceback instead.
+Each sub-command lives next to the stage it drives (:data:`COMMANDS` lists them) and exposes ``DESCRIPTION`` and
+``register(parser)``, which adds its options and sets ``func(args) -> int`` as the default. Errors derived from
+:class:`pipeline.errors.PipelineError` are printed as one line (``error: <file>: <problem>``) with their exit code;
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from pipeline import __version__
 from pipeline.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, PipelineError
 
-#: sub-command modules, in the order ``--help`` lists them
-COMMAND_MODULES = (
-    "pipeline.data.cli",  # datasets check | fingerprint | derive-label-map
-    "pipeline.inference.cli",  # infer
-    "pipeline.evaluation.cli",  # evaluate
-    "pipeline.training.cli",  # train (bundle training wrapper)
-    "pipeline.benchmark.cli",  # benchmark
-    "pipeline.deploy.cli",  # export (ONNX, OpenVINO, TorchScript)
-    "pipeline.demo",  # demo
+T = TypeVar("T")
+
+
+def from_args(target: Callable[..., T], args: argparse.Namespace, **given: Any) -> T:
+    """Call ``target`` (a function or a dataclass) with the command-line values whose names are its parameters.
+
+    ``given`` adds or overrides values (options whose name or form differs from the parameter's).
+
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Opts:
+        ...     overlap: float = 0.5
+        ...     quiet: bool = False
+        ...     uids: tuple = ()
+        >>> from_args(Opts, argparse.Namespace(overlap=0.25, quiet=True, unrelated=1, uids=["a"]), uids=("a",))
+        Opts(overlap=0.25, quiet=True, uids=('a',))
+    """
+    names = inspect.signature(target).parameters
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return target(**{**values, **given})
+
+
+#: the sub-commands, in the order ``--help`` lists them: (name, module, one-line summary). A module defines
+#: ``DESCRIPTION`` (its ``--help`` text), optionally ``FORMATTER`` (an argparse formatter class), and
+#: ``register(parser)``, which adds its options and sets ``func(args) -> int`` as the default.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("datasets", "pipeline.data.cli", "check, fingerprint and inspect datasets"),
+    ("infer", "pipeline.inference.cli", "segment images with a bundle or a preset + checkpoint (sliding window)"),
+    (
+        "evaluate",
+        "pipeline.evaluation.cli",
+        "DSC/HD95 of predicted label maps against labels, under an explicit protocol",
+    ),
+    ("train", "pipeline.training.cli", "train a bundle (resumable; torchrun for several processes)"),
+    (
+        "benchmark",
+        "pipeline.benchmark.cli",
+        "infer a bundle on a dataset split, evaluate under a protocol, write a paper-style report",
+    ),
+    (
+        "export",
+        "pipeline.deploy.cli",
+        "export a network (ONNX, OpenVINO, TorchScript) for a fixed window and batch, checked against PyTorch",
+    ),
+    ("demo", "pipeline.demo", "run a trained bundle on its validation cases (DSC/HD95 table, PNG overlays)"),
 )
 
 
@@ -39,14 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name, module_name, summary in COMMANDS:
         try:
-            module = importlib.import_module(name)
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:  # a stage that is not installed in this build
-            if exc.name == name:
+            if exc.name == module_name:
                 continue
             raise
-        module.register(sub)
+        formatter = getattr(module, "FORMATTER", argparse.HelpFormatter)
+        module.register(sub.add_parser(name, help=summary, description=module.DESCRIPTION, formatter_class=formatter))
     return parser
 
 

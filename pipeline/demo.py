@@ -350,14 +350,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="run a trained bundle on its validation cases (DSC/HD95 table, PNG overlays)",
-        description="Run a trained bundle's sliding-window inference on its fixed validation cases, score DSC/HD95 "
-        "(strict protocol) and write predictions and PNG overlays. Default: the hippocampus MRI bundle (MSD "
-        "Task04_Hippocampus, downloaded when missing); --ct: the soft-tissue-sarcoma CT bundle on STS_CT.",
-    )
+#: the description of ``medseg demo --help`` (its one-line summary is in ``pipeline.cli.COMMANDS``)
+DESCRIPTION = (
+    "Run a trained bundle's sliding-window inference on its fixed validation cases, score DSC/HD95 "
+    "(strict protocol) and write predictions and PNG overlays. Default: the hippocampus MRI bundle (MSD "
+    "Task04_Hippocampus, downloaded when missing); --ct: the soft-tissue-sarcoma CT bundle on STS_CT."
+)
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``medseg demo`` to its parser."""
     p.add_argument("--ct", action="store_true", help="the CT demo: bundles/unetrpp_sts_ct_segmentation on STS_CT")
     p.add_argument("--bundle", help="any bundle folder or name under bundles/ (with configs/datalist.json)")
     p.add_argument("--out", help="output folder (default outputs/demo, or outputs/demo_<bundle> for other bundles)")

@@ -27,16 +27,17 @@ def _ints(text: str) -> list[int]:
     return vals
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``benchmark`` sub-command."""
-    p = subparsers.add_parser(
-        "benchmark",
-        help="infer a bundle on a dataset split, evaluate under a protocol, write a paper-style report",
-        description="Run a bundle on a dataset split, score it under an evaluation protocol and write report.md, "
-        "report.json, report.csv and timings.csv: per-class DSC/HD95 in the paper's column order beside the "
-        "published rows, timings per case and stage, peak memory, hardware and versions. Refuses to run without "
-        "trained weights unless --allow-untrained (smoke tests; the report is marked UNTRAINED).",
-    )
+#: the description of ``medseg benchmark --help`` (its one-line summary is in ``pipeline.cli.COMMANDS``)
+DESCRIPTION = (
+    "Run a bundle on a dataset split, score it under an evaluation protocol and write report.md, "
+    "report.json, report.csv and timings.csv: per-class DSC/HD95 in the paper's column order beside the "
+    "published rows, timings per case and stage, peak memory, hardware and versions. Refuses to run without "
+    "trained weights unless --allow-untrained (smoke tests; the report is marked UNTRAINED)."
+)
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``medseg benchmark`` to its parser."""
     p.add_argument("--bundle", required=True, help="bundle folder or name in bundles/ (e.g. unetrpp_synapse)")
     p.add_argument("--data", required=True, help="dataset folder (Synapse RawData, BTCV dataset_0.json, MSD ...)")
     p.add_argument(
@@ -107,6 +108,7 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when every case was scored, 1 when some failed (the report lists them)."""
     from pipeline.benchmark.runner import BenchmarkOptions, run_benchmark
+    from pipeline.cli import from_args
 
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be >= 1")
@@ -127,20 +129,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    opts = BenchmarkOptions(
-        bundle=args.bundle,
-        data=args.data,
-        split=args.split,
-        protocol=args.protocol,
-        limit=args.limit,
-        out=args.out,
-        allow_untrained=args.allow_untrained,
-        table=args.table,
-        overwrite=args.overwrite,
-        device=args.device,
-        inference=inference,
-        command=_command(args),
-    )
+    opts = from_args(BenchmarkOptions, args, inference=inference, command=_command(args))
     report, paths = run_benchmark(opts)
     print(report.to_markdown().split("\n## ")[0].rstrip())  # the header block
     mean = report.mean_scores()

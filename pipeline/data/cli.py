@@ -128,16 +128,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``datasets`` with its sub-commands to the ``medseg`` parser."""
-    p = subparsers.add_parser(
-        "datasets",
-        help="check, fingerprint and inspect datasets",
-        description="Dataset tools: validate every case, compute normalisation fingerprints, "
-        "derive the TransUNet label map, list detected layouts and splits.",
-    )
+#: the description of ``medseg datasets --help`` (its one-line summary is in ``pipeline.cli.COMMANDS``)
+DESCRIPTION = (
+    "Dataset tools: validate every case, compute normalisation fingerprints, "
+    "derive the TransUNet label map, list detected layouts and splits."
+)
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``medseg datasets`` to its parser."""
     sub = p.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    def usage(args: argparse.Namespace) -> int:  # `medseg datasets` without a sub-command
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
 
     c = sub.add_parser("check", help="validate every case and print a summary table (exit 3 if any is broken)")
     c.add_argument(

@@ -47,15 +47,16 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"backend": args.backend, "precision": args.precision, "cache_dir": args.cache_dir}
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``export`` sub-command."""
-    p = subparsers.add_parser(
-        "export",
-        help="export a network (ONNX, OpenVINO, TorchScript) for a fixed window and batch, checked against PyTorch",
-        description="Export the network of a bundle or preset for its window and a fixed --sw-batch-size, run "
-        f"PyTorch and the export on a real window (else a seeded random one), fail when max |delta logit| > "
-        f"{FP32_RTOL:g} * max |logit|, and write <out>.json beside the export.",
-    )
+#: the description of ``medseg export --help`` (its one-line summary is in ``pipeline.cli.COMMANDS``)
+DESCRIPTION = (
+    "Export the network of a bundle or preset for its window and a fixed --sw-batch-size, run "
+    f"PyTorch and the export on a real window (else a seeded random one), fail when max |delta logit| > "
+    f"{FP32_RTOL:g} * max |logit|, and write <out>.json beside the export."
+)
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``medseg export`` to its parser."""
     p.add_argument("--model", required=True, help="bundle directory, or a network preset name (with --checkpoint)")
     p.add_argument("--checkpoint", help="weights file (state dict); default <bundle>/models/model.pt")
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="export format")
@@ -77,22 +78,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``medseg export``; prints the check and the written files."""
+    from pipeline.cli import from_args
     from pipeline.deploy.export import export_model
 
-    result = export_model(
-        args.model,
-        args.format,
-        args.out,
-        checkpoint=args.checkpoint,
-        roi_size=args.roi,
-        sw_batch_size=args.sw_batch_size,
-        allow_untrained=args.allow_untrained,
-        seed=args.seed,
-        opset=args.opset,
-        overwrite=args.overwrite,
-        threads=args.threads,
-        precision=args.precision,
-    )
+    result = from_args(export_model, args, fmt=args.format, roi_size=args.roi)
     meta, check = result.metadata, result.metadata["check"]
     source = "a window of " + check["input"]["file"] if check["input"]["kind"] == "image" else "a seeded random window"
     print(

@@ -63,16 +63,17 @@ def _target_spacing(args: argparse.Namespace) -> TargetSpacing | None:
     return spacing_from_preset(args.preprocessing)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``evaluate`` sub-command."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="DSC/HD95 of predicted label maps against labels, under an explicit protocol",
-        description="Pair predictions with labels by case id (img0001 <-> label0001, lung_001_0000 <-> lung_001; "
-        "never by sort order), score Dice and HD95 per case and class, and write per_case.csv, summary.json and "
-        "summary.md. Protocols: " + "; ".join(f"{k}: {v.summary}" for k, v in PROTOCOLS.items()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+#: the description of ``medseg evaluate --help`` (its one-line summary is in ``pipeline.cli.COMMANDS``)
+DESCRIPTION = (
+    "Pair predictions with labels by case id (img0001 <-> label0001, lung_001_0000 <-> lung_001; "
+    "never by sort order), score Dice and HD95 per case and class, and write per_case.csv, summary.json and "
+    "summary.md. Protocols: " + "; ".join(f"{k}: {v.summary}" for k, v in PROTOCOLS.items())
+)
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``medseg evaluate`` to its parser."""
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
     p.add_argument("--label", required=True, type=Path, help="folder of ground-truth label maps (spacing source)")
     p.add_argument("--protocol", default="strict", choices=list(PROTOCOLS), help="evaluation protocol")

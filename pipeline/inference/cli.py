@@ -41,14 +41,15 @@ def _axes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated axes such as 0,1,2, got {text!r}") from None
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``infer`` sub-command."""
-    p = subparsers.add_parser(
-        "infer",
-        help="segment images with a bundle or a preset + checkpoint (sliding window)",
-        description="Segment NIfTI/NRRD files or DICOM series; writes <case>.nii.gz (input shape and affine) and a "
-        "<case>.json sidecar per case. Existing outputs are skipped unless --overwrite.",
-    )
+#: the description of ``medseg infer --help`` (its one-line summary is in ``pipeline.cli.COMMANDS``)
+DESCRIPTION = (
+    "Segment NIfTI/NRRD files or DICOM series; writes <case>.nii.gz (input shape and affine) and a "
+    "<case>.json sidecar per case. Existing outputs are skipped unless --overwrite."
+)
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``medseg infer`` to its parser."""
     p.add_argument(
         "--model",
         required=True,
@@ -196,6 +197,7 @@ def _run_rank(args: argparse.Namespace, rank: int, world: int) -> tuple[int, int
     """This rank's share of ``medseg infer``; returns its (written, skipped, failed) case counts."""
     import torch
 
+    from pipeline.cli import from_args
     from pipeline.data.inputs import list_inference_inputs
     from pipeline.deploy.backend import apply_backend
     from pipeline.inference.loading import load_model
@@ -207,24 +209,9 @@ def _run_rank(args: argparse.Namespace, rank: int, world: int) -> tuple[int, int
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
-    settings = InferenceSettings(
-        overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size,
-        mode=args.mode,
-        tta=args.tta,
-        tta_axes=args.tta_axes,
-        streaming=args.streaming,
-        resample=args.resample,
-        skip_background=args.skip_background,
-        air_threshold=args.air_threshold,
-        device=args.stitch_device,
-        sw_device=device,
-        amp=args.amp,
-        save_probabilities=args.save_probabilities,
-        postprocess=args.postprocess,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        series_uids=tuple(args.series_uid),
+    # --stitch-device holds the stitched volume (the settings' device), --device runs the network (sw_device)
+    settings = from_args(
+        InferenceSettings, args, device=args.stitch_device, sw_device=device, series_uids=tuple(args.series_uid)
     )
     settings.validate()
     skipped: list[str] = []

@@ -143,13 +143,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_bundle_workflow(args.bundle, configs, "train", **overrides)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a bundle (resumable; torchrun for several processes)",
-        description="Run a MONAI bundle's configs/train.json with resumable checkpoints. Under torchrun, add "
-        "--multi-gpu to merge configs/multi_gpu_train.json (DDP: gloo on CPU, nccl on CUDA).",
-    )
+#: the description of ``medseg train --help`` (its one-line summary is in ``pipeline.cli.COMMANDS``)
+DESCRIPTION = (
+    "Run a MONAI bundle's configs/train.json with resumable checkpoints. Under torchrun, add "
+    "--multi-gpu to merge configs/multi_gpu_train.json (DDP: gloo on CPU, nccl on CUDA)."
+)
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``medseg train`` to its parser."""
     p.add_argument("--bundle", required=True, help="bundle folder (holds configs/train.json)")
     p.add_argument("--resume", action="store_true", help="continue from <train_dir>/checkpoint.pt")
     p.add_argument("--epochs", type=int, help="override train#trainer#max_epochs")

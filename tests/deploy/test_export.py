@@ -154,7 +154,7 @@ def test_failed_check_writes_nothing(tmp_path, monkeypatch):
     import pipeline.deploy.export as export
 
     strict = export.compare
-    monkeypatch.setattr(export, "compare", lambda ref, got: strict(ref, got, rtol=0.0))  # fp32 rounding fails
+    monkeypatch.setattr(export, "compare", lambda ref, got, rtol=0.0: strict(ref, got, rtol=0.0))  # rounding fails
     overrides, roi = small_export("swinunet3d")
     out = tmp_path / "out" / "swin.onnx"
     with pytest.raises(ModelError) as info:
