@@ -296,6 +296,8 @@ def apply_backend(
         except Exception as exc:  # explicit backend: one error line; auto: the next candidate
             error = exc if isinstance(exc, PipelineError) else ModelError(_one_line(f"--backend {name}", exc))
             if backend != "auto":
+                if error is exc:
+                    raise
                 raise error from exc
             passed_over.append(f"{name} ({prec}): {error}")
             logger.warning("--backend auto: %s not used: %s", name, error)
