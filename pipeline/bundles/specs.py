@@ -172,7 +172,8 @@ _SPECS = [
         (32, 48, 32),
         "mri_hippocampus",
         3,
-        "swinunet3d",
+        # the best variant of benchmarks/ablation_hippocampus.py so far (its shipped weights); --network_preset swaps
+        "swinunet3d_transfuse",
         replace(HIPPOCAMPUS, auxiliary_loss=True),
         network_args={
             **_SWIN,

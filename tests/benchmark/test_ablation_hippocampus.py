@@ -79,7 +79,7 @@ def test_recipe_equals_the_unetrpp_bundle():
     for name in ("train.json", "inference.json"):
         ours = json.loads((SWIN / "configs" / name).read_text())
         theirs = json.loads((UNETRPP / "configs" / name).read_text())
-        assert ours.pop("network_preset") == "swinunet3d"
+        assert ours.pop("network_preset") == "swinunet3d_transfuse"  # the variant of the shipped weights
         for cfg in (ours, theirs):
             for key in ("network_def", "bundle_root", "imports"):
                 cfg.pop(key)
