@@ -255,8 +255,15 @@ def _check_weights_run_with_the_shipped_config(results: Path, cwd: Path, shared_
 
     case = shared_data / "Task04_Hippocampus" / "imagesTr" / "hippocampus_008.nii.gz"
     weights = results / "work" / "swinunet3d_seed0" / "bundle" / "models" / "model.pt"
-    res = run_bundle_inference(
-        SWIN / "configs" / "inference.json", case, cwd / "out", "--ckpt_path", str(weights), cwd=cwd
+    res = run_bundle_inference(  # the run's variant: the config's default is the shipped weights' variant
+        SWIN / "configs" / "inference.json",
+        case,
+        cwd / "out",
+        "--ckpt_path",
+        str(weights),
+        "--network_preset",
+        "swinunet3d",
+        cwd=cwd,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     pred, img = nib.load(str(cwd / "out" / "hippocampus_008.nii.gz")), nib.load(str(case))
