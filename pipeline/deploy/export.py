@@ -535,7 +535,10 @@ def export_loaded(
     batch = int(sw_batch_size or loaded.sw_batch_size or 1)
     network = plain_network(loaded.network, copy_network=copy_network)
     channels = _in_channels(network)
-    state_hash = state_dict_sha256(network.state_dict())
+    # the key (and its state-dict hash) once, before the export: plain_network keeps the state dict as it is
+    key = export_key(
+        loaded, fmt, bundle=bundle, overrides=overrides, sw_batch_size=batch, precision=precision, opset=opset
+    )
     x, check_input = check_window(loaded, batch, channels, bundle=bundle, seed=seed)
     module, reference = _export_module(network, x, fmt)
 
@@ -561,9 +564,6 @@ def export_loaded(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    key = export_key(
-        loaded, fmt, bundle=bundle, overrides=overrides, sw_batch_size=batch, precision=precision, opset=opset
-    )
     check["input"] = check_input
     metadata: dict[str, Any] = {
         "format": fmt,
@@ -574,7 +574,7 @@ def export_loaded(
         "preset": None if bundle is not None else loaded.name,
         "checkpoint": loaded.checkpoint,
         "weights_sha256": file_sha256(loaded.checkpoint) if loaded.checkpoint else None,
-        "state_dict_sha256": state_hash,
+        "state_dict_sha256": key.state_dict_sha256,
         "untrained": untrained,
         "seed": seed if untrained else None,
         "network": loaded.architecture,
