@@ -12,7 +12,11 @@
    with ``--backend auto`` (the export is built before the timing); ``monai`` = the same preprocessing, MONAI
    ``sliding_window_inference`` (same window, overlap, Gaussian, sw_batch_size) with the torch network, softmax,
    MONAI ``Invertd`` to the original grid, argmax. Agreement = voxels with the same label.
-3. With ``--bf16`` on a CPU with native bf16: the same end to end with ``--precision bf16`` against fp32.
+3. With ``--bf16`` on a CPU with native bf16: the same end to end with ``--precision bf16`` against fp32; bf16 columns
+   in the forward table (OpenVINO's bf16 inference precision and torch under CPU autocast, error against fp32
+   torch); and the **trained** bundles (those that ship ``models/model.pt``) scored on their validation cases with
+   ``medseg benchmark`` code (``strict``) for torch fp32, OpenVINO fp32, OpenVINO bf16 and torch bf16: mean DSC and
+   HD95, network seconds, and the share of voxels whose label equals the torch fp32 label (worst case and mean).
 
 Targets (issue 15): ``unetrpp_synapse`` backend <= 0.40x ``official``; ``swinunet3d`` and every UNETR++ preset
 backend <= 0.65x ``torch``; end to end ``auto`` >= 2x MONAI with >= 99.99 % equal labels.
@@ -22,6 +26,7 @@ Usage::
     python benchmarks/backends.py --out benchmarks/results/backends.md       # full run (about an hour on 2 cores)
     python benchmarks/backends.py --quick                                    # smoke run: tiny networks, one case
     python benchmarks/backends.py --presets unetrpp_synapse --per-dataset 2
+    python benchmarks/backends.py --bf16 --out benchmarks/results/backends.md  # + bf16 (AMX / AVX512-BF16 CPUs)
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ PRESETS = (
     "unetrpp_lung",
 )
 BACKENDS = ("openvino", "onnxruntime")
+#: (backend, precision) paths of the trained-bundle part (--bf16); the first is the reference
+TRAINED_PATHS = (("torch", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("torch", "bf16"))
 #: a small Swin-Unet 3D for --quick (every stage type, seconds per forward)
 QUICK_SWIN = {"roi_size": (32, 32, 16), "patch_size": 2, "embed_dim": 12, "num_heads": (1, 2, 4, 8), "out_channels": 3}
 CT_GLOBS = ("STS_CT/imagesTr/*.nii.gz", "BTCV_like/imagesTr/*.nii.gz", "Task06_Lung_sample/imagesTr/*.nii.gz")
@@ -86,10 +93,14 @@ def _networks(name: str, quick: bool) -> tuple[torch.nn.Module, torch.nn.Module 
     return ours, official.set_fast(False), tuple(ours.img_size), zyx
 
 
-def forward_rows(names: Sequence[str], repeats: int, threads: int, cache: Path, quick: bool) -> list[list[Any]]:
-    """One row per network: window, parameters, median seconds per path, ratios and backend errors."""
+def forward_rows(
+    names: Sequence[str], repeats: int, threads: int, cache: Path, quick: bool, bf16: bool = False
+) -> list[list[Any]]:
+    """One row per network: window, parameters, median seconds per path, ratios and backend errors (with ``bf16``:
+    OpenVINO bf16 and torch bf16 autocast too, their error against fp32 torch)."""
     from monai.transforms import Compose
 
+    from pipeline.deploy.backend import Bf16Autocast
     from pipeline.deploy.cache import cached_export
     from pipeline.deploy.export import compare
     from pipeline.deploy.runtimes import load_exported
@@ -118,6 +129,17 @@ def forward_rows(names: Sequence[str], repeats: int, threads: int, cache: Path, 
             run = load_exported(entry.path, fmt, threads=threads, config=entry.metadata["check"].get("runtime_config"))
             errors[backend] = compare(reference, run(x))["relative_error"]
             paths[backend] = lambda r=run, t=x: r(t)
+        if bf16:
+            entry = cached_export(loaded, "openvino", sw_batch_size=1, precision="bf16", root=cache, threads=threads)
+            run = load_exported(
+                entry.path, "openvino", threads=threads, config=entry.metadata["check"].get("runtime_config")
+            )
+            auto = Bf16Autocast(fast)
+            with torch.inference_mode():
+                errors["openvino bf16"] = compare(reference, run(x))["relative_error"]
+                errors["torch bf16"] = compare(reference, auto(x))["relative_error"]
+            paths["openvino bf16"] = lambda r=run, t=x: r(t)
+            paths["torch bf16"] = lambda n=auto, t=x: n(t)
         with torch.inference_mode():
             t = time_paths(paths, repeats=repeats)
         n_params = sum(p.numel() for p in net.parameters()) / 1e6
@@ -136,6 +158,17 @@ def forward_rows(names: Sequence[str], repeats: int, threads: int, cache: Path, 
                 f"{t['onnxruntime'] / t['torch']:.2f}x",
                 f"{errors['openvino']:.1e} / {errors['onnxruntime']:.1e}",
             ]
+            + (
+                [
+                    f"{t['openvino bf16']:.3f}",
+                    f"{t['torch bf16']:.3f}",
+                    f"{t['openvino bf16'] / t['official']:.2f}x" if "official" in t else "–",
+                    f"{t['openvino bf16'] / t['openvino']:.2f}x",
+                    f"{errors['openvino bf16']:.1e} / {errors['torch bf16']:.1e}",
+                ]
+                if bf16
+                else []
+            )
         )
         print(f"[backends] {name}: {t} exports {export_s}", flush=True)
     return rows
@@ -222,6 +255,65 @@ def end_to_end_rows(
     return rows, info
 
 
+def trained_rows(
+    threads: int,
+    cache: Path,
+    limit: int | None,
+    paths: Sequence[tuple[str, str]] = TRAINED_PATHS,
+    bundles: Sequence[str] | None = None,
+) -> list[list[Any]]:
+    """The bundles that ship weights (or those named), on their validation cases, one row per ``(backend,
+    precision)`` of ``paths``: DSC, HD95, network seconds and the share of voxels labelled as by the first path."""
+    import nibabel as nib
+
+    from pipeline.benchmark.runner import BenchmarkOptions, run_benchmark
+    from pipeline.bundles import SPECS
+    from pipeline.paths import BUNDLES_DIR, find_data_root
+
+    root = find_data_root()
+    if root is None:
+        return []
+    work = Path(tempfile.mkdtemp(prefix="medseg-backends-trained-"))
+    rows = []
+    for name, spec in SPECS.items():
+        if bundles is not None and name not in bundles:
+            continue
+        if not (BUNDLES_DIR / name / "models" / "model.pt").is_file() or not (root / spec.dataset).is_dir():
+            continue
+        reference: dict[str, np.ndarray] = {}
+        for backend, precision in paths:
+            out = work / name / f"{backend}-{precision}"
+            opts = BenchmarkOptions(
+                bundle=str(BUNDLES_DIR / name),
+                data=str(root / spec.dataset),
+                split="validation",
+                limit=limit,
+                out=str(out),
+                table="none",
+                inference={"backend": backend, "precision": precision, "cache_dir": str(cache)},
+                command=f"benchmarks/backends.py (medseg benchmark --backend {backend} --precision {precision})",
+            )
+            report, _ = run_benchmark(opts)
+            labels = {f.name: np.asarray(nib.load(f).dataobj) for f in sorted((out / "predictions").glob("*.nii.gz"))}
+            reference = reference or labels
+            same = [float((labels[k] == v).mean()) for k, v in reference.items()]
+            scores, timing = report.mean_scores(), report.timing_summary()
+            rows.append(
+                [
+                    name,
+                    f"{backend} {precision}",
+                    len(report.ok_cases),
+                    f"{scores['dice']:.4f}",
+                    f"{scores['hd95']:.2f}",
+                    f"{timing['network']['total']:.1f}",
+                    f"{100 * min(same):.3f}%",
+                    f"{100 * float(np.mean(same)):.4f}%",
+                ]
+            )
+            print(f"[backends] {name} {backend} {precision}: {rows[-1][3:]}", flush=True)
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.utils.environment import native_bf16
 
@@ -230,7 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--per-dataset", type=int, default=None, help="only the first N CT cases of each dataset")
     p.add_argument("--threads", type=int, default=2, help="torch and runtime threads (default 2)")
     p.add_argument("--skip-forward", action="store_true", help="only the end-to-end table")
-    p.add_argument("--bf16", action="store_true", help="also bf16 end to end (CPUs with native bf16 only)")
+    p.add_argument(
+        "--bf16", action="store_true", help="also bf16: end to end, forward and trained bundles (native bf16 only)"
+    )
+    p.add_argument("--trained-limit", type=int, default=None, help="with --bf16: first N validation cases per bundle")
     args = p.parse_args(argv)
     cache = Path(tempfile.mkdtemp(prefix="medseg-backend-cache-"))
     details = [f"torch and runtime threads: {args.threads}; seeded random weights (seed 0)"]
@@ -248,7 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with torch_threads(args.threads):
         cases = _ct_cases(args.quick, args.per_dataset)
-        precisions = ["fp32"] + (["bf16"] if args.bf16 and native_bf16() else [])
+        bf16 = bool(args.bf16 and native_bf16())
+        if args.bf16 and not bf16:
+            details.append("--bf16 asked for, but this CPU has no native bf16: bf16 not measured")
+        precisions = ["fp32"] + (["bf16"] if bf16 else [])
         for precision in precisions:
             rows, info = end_to_end_rows(cases, args.threads, cache, args.quick, precision)
             used = f"{info['backend']['name']} ({info['backend']['precision']})"
@@ -266,14 +364,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             head = ["network", "window (x y z)", "params (M)", "official (s)", "torch (s)", "openvino (s)"]
             head += ["onnxruntime (s)", "best / official", "openvino / torch", "onnxruntime / torch"]
             head += ["rel. error ov / ort"]
+            if bf16:
+                head += ["openvino bf16 (s)", "torch bf16 (s)", "ov bf16 / official", "ov bf16 / ov fp32"]
+                head += ["rel. error ov / torch bf16"]
             rows = []
             parts.insert(0, "")
             for name in names:  # one network at a time, published after each
-                rows += forward_rows([name], 1 if args.quick else args.repeats, args.threads, cache, args.quick)
-                parts[0] = f"Forward, batch 1, fp32, median of {args.repeats} (round robin):\n\n" + markdown_table(
-                    head, rows, align=["left", "left"] + ["right"] * 9
+                repeats = 1 if args.quick else args.repeats
+                rows += forward_rows([name], repeats, args.threads, cache, args.quick, bf16)
+                parts[0] = f"Forward, batch 1, median of {args.repeats} (round robin):\n\n" + markdown_table(
+                    head, rows, align=["left", "left"] + ["right"] * (len(head) - 2)
                 )
                 publish_parts()
+        if bf16 and not args.quick:
+            head = ["bundle", "backend", "cases", "mean DSC", "mean HD95 (mm)", "network (s)", "same label: worst case"]
+            head += ["mean"]
+            rows = trained_rows(args.threads, cache, args.trained_limit)
+            parts.append(
+                "Trained bundles (`models/model.pt`), validation cases, `strict` protocol, fp32 and bf16 (labels "
+                "compared with torch fp32, the first row of each bundle):\n\n"
+                + markdown_table(head, rows, align=["left", "left"] + ["right"] * 6)
+            )
+            publish_parts()
     return 0
 
 

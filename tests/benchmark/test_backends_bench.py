@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.inference import InferenceSettings, infer_cases, load_model
+from pipeline.utils.environment import native_bf16
 
 from helpers.benchmarks import load_benchmark_script
 from helpers.infer import make_tiny_bundle
@@ -41,3 +42,27 @@ def test_monai_reference_labels_equal_medseg_torch_labels(bench, shared_data, tm
     assert gap.shape == ref.shape and float(gap.min()) >= 0.0
     assert ref.shape == ours.shape
     assert (ref == ours).mean() >= 0.9999
+
+
+def test_trained_rows_score_a_shipped_bundle_and_compare_labels_with_the_first_path(bench, shared_data, tmp_path):
+    rows = bench.trained_rows(
+        1,
+        tmp_path / "cache",
+        limit=2,
+        paths=(("torch", "fp32"), ("onnxruntime", "fp32")),
+        bundles=["unetrpp_hippocampus_mri_segmentation"],
+    )
+    assert [r[1] for r in rows] == ["torch fp32", "onnxruntime fp32"]
+    (_, _, n0, dsc0, _, _, worst0, mean0), (_, _, n1, dsc1, _, _, worst1, _) = rows
+    assert n0 == n1 == 2 and float(dsc0) >= 0.8  # the shipped weights, not random ones
+    assert (worst0, mean0) == ("100.000%", "100.0000%")  # the reference against itself
+    assert float(worst1.rstrip("%")) >= 99.99 and abs(float(dsc1) - float(dsc0)) < 0.005
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (amx_bf16/avx512_bf16)")
+def test_forward_row_with_bf16_columns_on_a_native_bf16_cpu(bench, tmp_path):
+    (row,) = bench.forward_rows(["unetrpp_synapse"], repeats=1, threads=1, cache=tmp_path, quick=True, bf16=True)
+    assert len(row) == 16
+    ov_bf16, torch_bf16, vs_official, vs_fp32, errors = row[11:]
+    assert float(ov_bf16) > 0 and float(torch_bf16) > 0 and vs_official.endswith("x") and vs_fp32.endswith("x")
+    assert all(float(e) <= 5e-2 for e in errors.split(" / ")), errors  # bf16: 8 mantissa bits
