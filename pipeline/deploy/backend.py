@@ -5,8 +5,9 @@
 ``openvino``       the network exported to OpenVINO IR (cached), compiled for this CPU; ``bf16`` sets OpenVINO's
                    inference precision
 ``onnxruntime``    the network exported to ONNX (cached), run by ONNX Runtime's CPU provider (fp32 only)
-``auto``           the first of :data:`AUTO_ORDER` whose runtime imports and whose export passes its check, else
-                   torch; on a CUDA device: torch
+``auto``           the first of :data:`AUTO_ORDER` whose runtime imports, whose export passes its check and which
+                   runs a window batch faster than torch on this CPU (timed once per export and CPU,
+                   :mod:`pipeline.deploy.speed`), else torch; on a CUDA device: torch
 =================  =========================================================================================
 
 Precision: ``fp32`` (default); ``bf16`` only on a CPU with native bf16 (``amx_bf16`` or ``avx512_bf16`` in
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from pipeline.deploy import speed as speed_mod
 from pipeline.deploy.cache import cached_export
 from pipeline.deploy.runtimes import FORMATS, load_exported, require_runtime
 from pipeline.errors import ModelError, PipelineError, UsageError
@@ -67,8 +69,8 @@ BACKEND_FORMATS: dict[str, str] = {"openvino": "openvino", "onnxruntime": "onnx"
 BACKENDS: tuple[str, ...] = ("torch", *BACKEND_FORMATS, "auto")
 PRECISION_CHOICES: tuple[str, ...] = ("fp32", "bf16", "auto")
 #: ``auto``'s preference, fastest first, as measured by ``benchmarks/backends.py`` (RESULTS.md, "CPU backends"):
-#: OpenVINO was the fastest on both CPUs seen (AMD EPYC AVX2, Intel Xeon AMX), ONNX Runtime second, both faster
-#: than torch
+#: OpenVINO was the fastest runtime on both CPUs seen (AMD EPYC AVX2, Intel Xeon AMX), ONNX Runtime second; each is
+#: still timed against torch on this CPU before it is kept (:mod:`pipeline.deploy.speed`)
 AUTO_ORDER: tuple[str, ...] = ("openvino", "onnxruntime")
 #: the backends that run bf16 (OpenVINO's inference precision; torch's CPU autocast)
 _BF16_BACKENDS = ("openvino", "torch")
@@ -257,7 +259,7 @@ def apply_backend(
 
     Returns:
         a :class:`LoadedModel` whose ``backend`` records the backend and precision actually used (and, for
-        ``auto``, what was tried and why it was passed over).
+        ``auto``, what was tried and why it was passed over, and the timing against torch: ``speed``).
 
     Raises:
         UsageError: see :func:`plan_backend`; an explicit backend whose runtime is missing.
@@ -302,5 +304,17 @@ def apply_backend(
             passed_over.append(f"{name} ({prec}): {error}")
             logger.warning("--backend auto: %s not used: %s", name, error)
             continue
+        if backend == "auto":  # the fastest for this CPU: an export slower than torch here is passed over
+            plain = Bf16Autocast(model.network) if prec == "bf16" else model.network
+            shape = (batch, network.in_channels, *model.roi_size)
+            info["speed"] = speed = speed_mod.runtime_speed(info["cache_entry"], network, plain, shape, threads)
+            if speed["runtime_s"] > speed["torch_s"]:
+                why = (
+                    f"{name} ({prec}): slower than torch on this CPU ({speed['runtime_s']:.3f} s against "
+                    f"{speed['torch_s']:.3f} s per batch of {batch} window(s), {speed['cpu']})"
+                )
+                passed_over.append(why)
+                logger.warning("--backend auto: %s", why)
+                continue
         return dataclasses.replace(model, network=network, backend={**record, **info})
     raise AssertionError("unreachable: the plan of 'auto' ends with torch")  # pragma: no cover

@@ -27,7 +27,15 @@ from typing import Any
 
 from pipeline import __version__
 
-__all__ = ["cpu_flags", "native_bf16", "package_version", "software_versions", "system_stamp", "stamp_line"]
+__all__ = [
+    "cpu_flags",
+    "cpu_model",
+    "native_bf16",
+    "package_version",
+    "software_versions",
+    "system_stamp",
+    "stamp_line",
+]
 
 #: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic: AMX tiles, or AVX512 bf16 dot products
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -74,7 +82,8 @@ def software_versions() -> dict[str, str | None]:
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -127,7 +136,7 @@ def system_stamp(device: str | None = None) -> dict[str, Any]:
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_native_bf16": native_bf16(),
         "cpu_count_logical": psutil.cpu_count(logical=True),
         "cpu_count_physical": psutil.cpu_count(logical=False),

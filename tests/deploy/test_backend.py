@@ -15,6 +15,7 @@ import torch
 from pipeline.cli import main
 from pipeline.deploy import backend as backend_mod
 from pipeline.deploy import cache as cache_mod
+from pipeline.deploy import speed as speed_mod
 from pipeline.deploy.backend import ExportedNetwork, apply_backend, plan_backend
 from pipeline.errors import EXIT_USAGE, ModelError, UsageError
 from pipeline.inference.loading import load_model
@@ -54,6 +55,24 @@ def cache(tmp_path, monkeypatch) -> Path:
     return root
 
 
+def _fixed_timing(monkeypatch, runtime_s: float, torch_s: float) -> list[tuple]:
+    """``auto``'s timing against torch replaced by fixed figures (a real timing depends on the CPU); returns the
+    list of the shapes it was asked to time."""
+    calls: list[tuple] = []
+
+    def timed(runtime, network, shape):
+        calls.append(tuple(shape))
+        return {"runtime_s": runtime_s, "torch_s": torch_s}
+
+    monkeypatch.setattr(speed_mod, "time_against_torch", timed)
+    return calls
+
+
+@pytest.fixture
+def exports_faster(monkeypatch) -> list[tuple]:
+    return _fixed_timing(monkeypatch, runtime_s=0.5, torch_s=1.0)
+
+
 @pytest.fixture(scope="module")
 def mri_bundle(tmp_path_factory) -> Path:
     """A small real bundle (MONAI UNet, MRI preprocessing, 32^3 window, sw_batch_size 2): exports in seconds."""
@@ -83,7 +102,9 @@ def test_backend_labels_match_torch_on_shipped_hippocampus_model(backend, shared
     assert [r["name"] for r in _sidecar_backend(tmp_path / "torch")] == ["torch", "torch"]
 
 
-def test_auto_picks_an_exported_backend_and_benchmark_records_it(shared_data, tmp_path, cache, mri_bundle):
+def test_auto_picks_an_exported_backend_and_benchmark_records_it(
+    shared_data, tmp_path, cache, mri_bundle, exports_faster
+):
     """``auto`` on a CPU with both runtimes installed runs the first of AUTO_ORDER; ``medseg benchmark`` takes the
     same options and writes the backend into its report settings."""
     data = shared_data / "Task04_Hippocampus"
@@ -99,6 +120,45 @@ def test_auto_picks_an_exported_backend_and_benchmark_records_it(shared_data, tm
     record = json.loads(sidecars[0].read_text())["model"]["backend"]
     assert record["requested"] == "auto" and record["name"] == backend_mod.AUTO_ORDER[0]
     assert record["sw_batch_size"] == 3
+    assert record["speed"]["runtime_s"] < record["speed"]["torch_s"] and record["speed"]["measured"]
+    assert exports_faster == [(3, 1, 32, 32, 32)], "timed once, on one batch of the export's shape"
+
+
+def test_auto_passes_over_exports_slower_than_torch_and_remembers_the_timing(
+    shared_data, tmp_path, cache, mri_bundle, monkeypatch
+):
+    """An export that runs a window batch slower than torch on this CPU is not "the fastest backend": ``auto`` keeps
+    torch and says why; the timing is kept in the cache entry, so the next run does not time again."""
+    calls = _fixed_timing(monkeypatch, runtime_s=2.0, torch_s=1.0)
+    inputs = _inputs(tmp_path, _cases(shared_data, 1))
+    assert main(infer_argv(mri_bundle, inputs, tmp_path / "a", "--backend", "auto")) == 0
+    record = _sidecar_backend(tmp_path / "a")[0]
+    assert record["name"] == "torch"
+    assert [r.split(" ")[0] for r in record["passed_over"]] == list(backend_mod.AUTO_ORDER)
+    assert all("slower than torch on this CPU (2.000 s against 1.000 s" in r for r in record["passed_over"])
+    assert len(calls) == len(backend_mod.AUTO_ORDER)
+    speed_files = sorted(cache.glob(f"*/{speed_mod.SPEED_FILE}"))
+    assert len(speed_files) == len(backend_mod.AUTO_ORDER)
+    assert main(infer_argv(mri_bundle, inputs, tmp_path / "b", "--backend", "auto")) == 0
+    assert len(calls) == len(backend_mod.AUTO_ORDER), "the second run reads speed.json"
+    assert _sidecar_backend(tmp_path / "b")[0]["name"] == "torch"
+    first, second = _labels(tmp_path / "a"), _labels(tmp_path / "b")
+    assert sorted(first) == sorted(second) and all((first[f] == second[f]).all() for f in first)
+
+
+def test_runtime_speed_times_for_real_and_times_again_over_an_unreadable_record(tmp_path):
+    conv = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    slow = torch.nn.Sequential(*[torch.nn.Conv3d(1, 1, 3, padding=1) for _ in range(8)], conv).eval()
+    first = speed_mod.runtime_speed(tmp_path, slow, conv, (1, 1, 24, 24, 24), threads=1)
+    assert first["measured"] and first["cpu"] == speed_mod.speed_key(1)
+    assert first["runtime_s"] > first["torch_s"] > 0, "nine convolutions take longer than one"
+    saved = json.loads((tmp_path / speed_mod.SPEED_FILE).read_text())
+    assert saved[speed_mod.speed_key(1)] == {k: first[k] for k in ("runtime_s", "torch_s")}
+    assert speed_mod.runtime_speed(tmp_path, slow, conv, (1, 1, 24, 24, 24), threads=1)["measured"] is False
+    assert speed_mod.runtime_speed(tmp_path, slow, conv, (1, 1, 24, 24, 24), threads=2)["measured"] is True
+    (tmp_path / speed_mod.SPEED_FILE).write_text("{not json")
+    again = speed_mod.runtime_speed(tmp_path, slow, conv, (1, 1, 24, 24, 24), threads=1)
+    assert again["measured"] and speed_mod.speed_key(1) in json.loads((tmp_path / speed_mod.SPEED_FILE).read_text())
 
 
 # ------------------------------------------------------------------------------------------------------ the cache
@@ -169,7 +229,9 @@ def test_entry_the_runtime_cannot_load_is_rebuilt(tmp_path, cache, mri_bundle, m
 
 
 # ------------------------------------------------------------------------------ missing runtime, failed export
-def test_missing_runtime_is_one_line_and_auto_falls_back(tmp_path, cache, mri_bundle, shared_data, capsys, monkeypatch):
+def test_missing_runtime_is_one_line_and_auto_falls_back(
+    tmp_path, cache, mri_bundle, shared_data, capsys, monkeypatch, exports_faster
+):
     monkeypatch.setitem(sys.modules, "openvino", None)  # "import openvino" raises ImportError, find_spec is None
     inputs = _inputs(tmp_path, _cases(shared_data, 1))
     assert main(infer_argv(mri_bundle, inputs, tmp_path / "ov", "--backend", "openvino")) == EXIT_USAGE
