@@ -27,6 +27,7 @@ Usage::
     python benchmarks/backends.py --quick                                    # smoke run: tiny networks, one case
     python benchmarks/backends.py --presets unetrpp_synapse --per-dataset 2
     python benchmarks/backends.py --bf16 --out benchmarks/results/backends.md  # + bf16 (AMX / AVX512-BF16 CPUs)
+    python benchmarks/backends.py --bf16 --skip-end-to-end --skip-trained     # the forward table only
 """
 
 from __future__ import annotations
@@ -321,7 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--presets", nargs="+", default=list(PRESETS), help="networks of the forward table")
     p.add_argument("--per-dataset", type=int, default=None, help="only the first N CT cases of each dataset")
     p.add_argument("--threads", type=int, default=2, help="torch and runtime threads (default 2)")
-    p.add_argument("--skip-forward", action="store_true", help="only the end-to-end table")
+    p.add_argument("--skip-forward", action="store_true", help="no forward table")
+    p.add_argument("--skip-end-to-end", action="store_true", help="no end-to-end tables")
+    p.add_argument("--skip-trained", action="store_true", help="with --bf16: no trained-bundle table")
     p.add_argument(
         "--bf16", action="store_true", help="also bf16: end to end, forward and trained bundles (native bf16 only)"
     )
@@ -347,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.bf16 and not bf16:
             details.append("--bf16 asked for, but this CPU has no native bf16: bf16 not measured")
         precisions = ["fp32"] + (["bf16"] if bf16 else [])
-        for precision in precisions:
+        for precision in [] if args.skip_end_to_end else precisions:
             rows, info = end_to_end_rows(cases, args.threads, cache, args.quick, precision)
             used = f"{info['backend']['name']} ({info['backend']['precision']})"
             head = ["case", "windows", "monai (s)", "medseg (s)", "speed-up", "same label", "voxels differing"]
@@ -376,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     head, rows, align=["left", "left"] + ["right"] * (len(head) - 2)
                 )
                 publish_parts()
-        if bf16 and not args.quick:
+        if bf16 and not args.quick and not args.skip_trained:
             head = ["bundle", "backend", "cases", "mean DSC", "mean HD95 (mm)", "network (s)", "same label: worst case"]
             head += ["mean"]
             rows = trained_rows(args.threads, cache, args.trained_limit)
