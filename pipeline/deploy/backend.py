@@ -207,7 +207,7 @@ def _bundle_of(model: LoadedModel) -> Path | None:
 
 def _exported(
     model: LoadedModel, backend: str, precision: str, batch: int, root: str | os.PathLike | None, threads: int
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[ExportedNetwork, dict[str, Any]]:
     """The export of ``model`` for ``backend``, loaded: from the cache, rebuilt once when the runtime cannot load
     an entry that looked valid."""
     fmt = BACKEND_FORMATS[backend]
