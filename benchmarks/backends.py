@@ -101,7 +101,7 @@ def forward_rows(
     OpenVINO bf16 and torch bf16 autocast too, their error against fp32 torch)."""
     from monai.transforms import Compose
 
-    from pipeline.deploy.backend import Bf16Autocast
+    from pipeline.deploy.backend import BACKEND_FORMATS, Bf16Autocast
     from pipeline.deploy.cache import cached_export
     from pipeline.deploy.export import compare
     from pipeline.deploy.runtimes import load_exported
@@ -122,24 +122,20 @@ def forward_rows(
         errors, export_s = {}, {}
         with torch.inference_mode():
             reference = fast(x)
-        for backend in BACKENDS:
-            fmt = "onnx" if backend == "onnxruntime" else "openvino"
+        exports = [(backend, "fp32") for backend in BACKENDS] + ([("openvino", "bf16")] if bf16 else [])
+        for backend, precision in exports:
+            label = backend if precision == "fp32" else f"{backend} {precision}"
+            fmt = BACKEND_FORMATS[backend]
             t0 = time.perf_counter()
-            entry = cached_export(loaded, fmt, sw_batch_size=1, root=cache, threads=threads)
-            export_s[backend] = time.perf_counter() - t0
+            entry = cached_export(loaded, fmt, sw_batch_size=1, precision=precision, root=cache, threads=threads)
+            export_s[label] = time.perf_counter() - t0
             run = load_exported(entry.path, fmt, threads=threads, config=entry.metadata["check"].get("runtime_config"))
-            errors[backend] = compare(reference, run(x))["relative_error"]
-            paths[backend] = lambda r=run, t=x: r(t)
+            errors[label] = compare(reference, run(x))["relative_error"]
+            paths[label] = lambda r=run, t=x: r(t)
         if bf16:
-            entry = cached_export(loaded, "openvino", sw_batch_size=1, precision="bf16", root=cache, threads=threads)
-            run = load_exported(
-                entry.path, "openvino", threads=threads, config=entry.metadata["check"].get("runtime_config")
-            )
             auto = Bf16Autocast(fast)
             with torch.inference_mode():
-                errors["openvino bf16"] = compare(reference, run(x))["relative_error"]
                 errors["torch bf16"] = compare(reference, auto(x))["relative_error"]
-            paths["openvino bf16"] = lambda r=run, t=x: r(t)
             paths["torch bf16"] = lambda n=auto, t=x: n(t)
         with torch.inference_mode():
             t = time_paths(paths, repeats=repeats)
